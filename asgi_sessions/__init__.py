@@ -1,0 +1,67 @@
+"""asgi-sessions: server-side and signed-JWT sessions as a pure ASGI middleware.
+
+The public API is this flat namespace; the modules behind it are implementation.
+Optional backends import lazily so the core needs no third-party package.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from asgi_sessions.backends.base import Delta, SessionBackend, SessionRecord
+from asgi_sessions.backends.memory import MemoryBackend
+from asgi_sessions.cookies import CookieSettings
+from asgi_sessions.errors import (
+    BackendError,
+    BackendUnavailable,
+    ConfigurationError,
+    InvalidToken,
+    SerializationError,
+    SessionError,
+    SessionGone,
+    SessionTooLarge,
+)
+from asgi_sessions.middleware import SessionMiddleware
+from asgi_sessions.policy import ExpiryPolicy
+from asgi_sessions.serializers import JSONSerializer, Serializer
+from asgi_sessions.session import Session
+
+if TYPE_CHECKING:
+    from asgi_sessions.backends.jwt import JWTBackend, JWTKey
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendError",
+    "BackendUnavailable",
+    "ConfigurationError",
+    "CookieSettings",
+    "Delta",
+    "ExpiryPolicy",
+    "InvalidToken",
+    "JSONSerializer",
+    "JWTBackend",
+    "JWTKey",
+    "MemoryBackend",
+    "SerializationError",
+    "Serializer",
+    "Session",
+    "SessionBackend",
+    "SessionError",
+    "SessionGone",
+    "SessionMiddleware",
+    "SessionRecord",
+    "SessionTooLarge",
+    "__version__",
+]
+
+_LAZY = {"JWTBackend": "asgi_sessions.backends.jwt", "JWTKey": "asgi_sessions.backends.jwt"}
+
+
+def __getattr__(name: str) -> Any:
+    # JWTBackend needs pyjwt (the "jwt" extra): import it only when asked for.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'asgi_sessions' has no attribute {name!r}")

@@ -1,0 +1,316 @@
+"""SessionMiddleware: a pure ASGI middleware that loads the session before the app
+runs and commits it when the response starts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import timedelta
+from typing import Any
+
+from asgi_sessions._log import fingerprint, logger
+from asgi_sessions.backends.base import Delta, SessionBackend, SessionRecord
+from asgi_sessions.cookies import CookieSettings, SameSite
+from asgi_sessions.errors import (
+    BackendError,
+    ConfigurationError,
+    InvalidToken,
+    SessionGone,
+)
+from asgi_sessions.policy import Action, ExpiryPolicy, decide, seconds
+from asgi_sessions.session import Session
+
+__all__ = ["SessionMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_UNAVAILABLE_BODY = b"Service Unavailable"
+_VARY = (b"vary", b"Cookie")
+_NO_STORE = (b"cache-control", b"private, no-store")
+
+
+class SessionMiddleware:
+    """Puts a :class:`Session` into ``scope["session"]`` for HTTP and WebSocket scopes.
+
+    Use it as ``app.add_middleware(SessionMiddleware, backend=...)`` or
+    ``SessionMiddleware(app, backend=...)``; ``backend`` defaults to an in-process
+    :class:`MemoryBackend`. Durations are seconds or ``timedelta``.
+
+    On the response (``http.response.start`` or ``websocket.accept``) it deletes,
+    saves, touches or leaves the session alone by DESIGN §3: nothing is written on a
+    5xx or when the app raises before responding, empty sessions are never stored,
+    ``Vary: Cookie`` is added when the session was read and ``Cache-Control:
+    private, no-store`` when a Set-Cookie is sent and the app set no Cache-Control.
+    Cookies the app sets are never touched.
+
+    A cookie that is malformed, forged, unknown or expired gives an empty session
+    and a warning in the ``asgi_sessions`` logger (with a hash, never the token).
+    When the store fails, the request gets a generic 503 (``fail_open=False``, the
+    default) or runs with an empty session that is not saved (``fail_open=True``).
+
+    Invalid settings raise :class:`ConfigurationError` here, at start-up.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        backend: SessionBackend | None = None,
+        cookie_name: str = "session",
+        idle_timeout: int | timedelta = 12 * 3600,
+        absolute_timeout: int | timedelta = 7 * 24 * 3600,
+        refresh_after: int | timedelta | None = None,
+        rotate_after: int | timedelta | None = None,
+        path: str = "/",
+        domain: str | None = None,
+        same_site: SameSite = "lax",
+        https_only: bool = True,
+        http_only: bool = True,
+        partitioned: bool = False,
+        max_cookie_chunks: int = 4,
+        fail_open: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if backend is None:
+            from asgi_sessions.backends.memory import MemoryBackend
+
+            backend = MemoryBackend()
+        elif not isinstance(backend, SessionBackend):
+            raise ConfigurationError(
+                f"backend must implement SessionBackend (load/save/touch/delete), got "
+                f"{type(backend).__name__}"
+            )
+        idle = seconds(idle_timeout, "idle_timeout")
+        self.policy = ExpiryPolicy(
+            idle_timeout=idle,
+            absolute_timeout=seconds(absolute_timeout, "absolute_timeout"),
+            # By default a session is rewritten at most once every tenth of its idle
+            # timeout: a busy session is not written on every request, and an idle
+            # one loses at most 10% of its idle allowance.
+            refresh_after=idle // 10
+            if refresh_after is None
+            else seconds(refresh_after, "refresh_after"),
+            rotate_after=None if rotate_after is None else seconds(rotate_after, "rotate_after"),
+        )
+        self.cookie = CookieSettings(
+            name=cookie_name,
+            path=path,
+            domain=domain,
+            secure=https_only,
+            http_only=http_only,
+            same_site=same_site,
+            partitioned=partitioned,
+            max_chunks=max_cookie_chunks,
+        )
+        self.app = app
+        self.backend = backend
+        self.fail_open = fail_open
+        self.clock = clock
+        self._check = backend.serializer.check
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
+            await self.app(scope, receive, send)
+            return
+
+        now = self.clock()
+        read = self.cookie.read(scope["headers"])
+        token = read.value
+        record: SessionRecord | None = None
+        if read.problem is not None:
+            logger.warning("session cookie rejected: %s", read.problem)
+        elif token is not None:
+            try:
+                record = await self.backend.load(token, now=now)
+            except InvalidToken as exc:
+                logger.warning("session token %s rejected: %s", fingerprint(token), exc)
+            except BackendError as exc:
+                if not self.fail_open:
+                    logger.error("session store unavailable, answering 503: %s", exc)
+                    await _unavailable(scope, send)
+                    return
+                logger.warning("session store unavailable, continuing without a session: %s", exc)
+                scope["session"] = Session(check=self._check, policy=self.policy)
+                await self.app(scope, receive, _discard_session(scope, send))
+                return
+            if record is not None and self.policy.is_expired(record, now):
+                logger.info("session %s expired", fingerprint(token))
+                record = None
+            elif record is None:
+                logger.info("session token %s is unknown or expired", fingerprint(token))
+        if record is None:
+            token = None
+            session = Session(check=self._check, policy=self.policy)
+        else:
+            session = Session(record.data, record=record, check=self._check, policy=self.policy)
+        scope["session"] = session
+
+        start_type = "http.response.start" if kind == "http" else "websocket.accept"
+        replaced = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal replaced
+            if replaced:
+                return
+            msg_type = message["type"]
+            if msg_type == start_type or msg_type == "websocket.http.response.start":
+                try:
+                    await self._commit(message, session, token, read.names)
+                except BackendError as exc:
+                    if not self.fail_open:
+                        logger.error("session store failed on commit, answering 503: %s", exc)
+                        replaced = True
+                        await _unavailable(scope, send)
+                        return
+                    logger.warning("session store failed on commit, session not saved: %s", exc)
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+
+    async def _commit(
+        self, message: Message, session: Session, token: str | None, seen: tuple[str, ...]
+    ) -> None:
+        headers = message.get("headers")
+        if headers is None:
+            headers = message["headers"] = []
+        elif not isinstance(headers, list):
+            headers = message["headers"] = list(headers)
+
+        if session.accessed:
+            headers.append(_VARY)
+
+        record = session._record
+        now = self.clock()
+        rotate = session._rotate
+        refresh = False
+        if record is not None:
+            rotate = rotate or self.policy.rotation_due(record, now)
+            # reissue: the backend wants a fresh cookie value (a JWT under a retired key).
+            refresh = record.reissue or self.policy.refresh_due(record, now)
+        action = decide(
+            stored=record is not None,
+            empty=not dict.__len__(session),
+            modified=session.modified,
+            invalidated=session._invalidated,
+            rotate=rotate,
+            refresh=refresh,
+            failed=message.get("status", 200) >= 500,
+        )
+        if action is Action.NOTHING:
+            return
+
+        if action is Action.DELETE:
+            assert record is not None
+            assert token is not None
+            await self.backend.delete(token, record)
+            self._set_cookies(headers, self.cookie.render_delete(seen))
+            return
+
+        if record is not None and record.read_only:
+            # A request on the grace alias of a rotated session: the browser already
+            # holds the new cookie, and a write here could fork a second session.
+            if session.modified:
+                logger.warning(
+                    "session %s: changes made on a rotated session's grace alias are discarded",
+                    fingerprint(token or ""),
+                )
+            return
+
+        if record is None:
+            record = SessionRecord(
+                session_id="", data={}, created_at=now, last_seen=now, rotated_at=now
+            )
+        if session._expiry is not None:
+            record.idle_timeout, record.fixed_expiry, record.browser_session = session._expiry
+        record.last_seen = now
+        ttl = self.policy.ttl(record, now)
+        try:
+            if action is Action.SAVE:
+                record.data = dict(dict.items(session))
+                delta = _delta(session, replace=token is None)
+                rotate = rotate and token is not None
+                if rotate:
+                    record.rotated_at = now
+                value = await self.backend.save(
+                    token, record, delta, now=now, ttl=ttl, rotate=rotate
+                )
+            else:
+                assert token is not None
+                touched = await self.backend.touch(token, record, now=now, ttl=ttl)
+                if touched is None and record.browser_session:
+                    return  # nothing about the cookie changed
+                # Re-send an unchanged token too, so the browser's Max-Age slides.
+                value = token if touched is None else touched
+        except SessionGone:
+            logger.info(
+                "session %s was ended during the request; not re-created", fingerprint(token or "")
+            )
+            self._set_cookies(headers, self.cookie.render_delete(seen))
+            return
+        self._set_cookies(
+            headers, self.cookie.render(value, self.policy.cookie_max_age(record, now), seen)
+        )
+
+    def _set_cookies(self, headers: list[tuple[bytes, bytes]], values: list[bytes]) -> None:
+        has_cache_control = False
+        for key, value in headers:
+            if key.lower() == b"set-cookie" and self.cookie.owns(value):
+                # The app manages this cookie itself on this response; it wins.
+                logger.warning(
+                    "the app set the session cookie %r itself; leaving its Set-Cookie alone",
+                    self.cookie.name,
+                )
+                return
+            if key.lower() == b"cache-control":
+                has_cache_control = True
+        headers.extend((b"set-cookie", v) for v in values)
+        if not has_cache_control:
+            headers.append(_NO_STORE)
+
+
+def _delta(session: Session, *, replace: bool) -> Delta:
+    if replace or session._replace:
+        return Delta(updates=dict(dict.items(session)), replace=True)
+    updates = {}
+    removed = set()
+    for key in session._changed:
+        if dict.__contains__(session, key):
+            updates[key] = dict.__getitem__(session, key)
+        else:
+            removed.add(key)
+    return Delta(updates=updates, removed=frozenset(removed))
+
+
+async def _unavailable(scope: Scope, send: Send) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1011})
+        return
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(_UNAVAILABLE_BODY)).encode()),
+                (b"cache-control", b"no-store"),
+                (b"retry-after", b"1"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": _UNAVAILABLE_BODY})
+
+
+def _discard_session(scope: Scope, send: Send) -> Send:
+    async def wrapper(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            session = scope.get("session")
+            if isinstance(session, Session) and session.modified:
+                logger.warning("session store unavailable (fail-open): session changes not saved")
+        await send(message)
+
+    return wrapper

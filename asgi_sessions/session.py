@@ -1,0 +1,284 @@
+"""The session object the application sees in ``scope["session"]``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from asgi_sessions.errors import SerializationError
+
+if TYPE_CHECKING:
+    from asgi_sessions.backends.base import SessionRecord
+    from asgi_sessions.policy import ExpiryPolicy
+
+__all__ = ["Session"]
+
+_Check = Callable[[str, Any], None]
+# (idle override in seconds, fixed expiry timestamp, browser-session cookie)
+_Expiry = tuple[int | None, float | None, bool]
+
+
+def _utc(timestamp: float | None) -> datetime | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
+
+
+class Session(dict[str, Any]):
+    """A ``dict`` of session data that records what the request did with it.
+
+    Compatible with Starlette's ``request.session`` (which calls
+    :meth:`mark_accessed`). Every mutator marks the session modified and records the
+    changed key, so server-side backends write only what changed. A value that the
+    backend could not store and load back equal is refused by the assignment itself
+    with :class:`SerializationError`.
+
+    Mutating a nested value in place (``session["cart"].append(x)``) is not seen:
+    assign the value again, or call :meth:`mark_modified`.
+
+    ``accessed``: the data was read or written (the response then gets
+    ``Vary: Cookie``). ``modified``: the data was changed. ``new``: no stored
+    session was loaded for this request.
+    """
+
+    __slots__ = (
+        "_changed",
+        "_check",
+        "_expiry",
+        "_invalidated",
+        "_policy",
+        "_record",
+        "_replace",
+        "_rotate",
+        "accessed",
+        "modified",
+    )
+
+    def __init__(
+        self,
+        data: Mapping[str, Any] | None = None,
+        *,
+        record: SessionRecord | None = None,
+        check: _Check | None = None,
+        policy: ExpiryPolicy | None = None,
+    ) -> None:
+        if data:
+            super().__init__(data)
+        self.accessed = False
+        self.modified = False
+        self._record = record
+        self._check = check
+        self._policy = policy
+        self._changed: set[str] = set()
+        self._replace = False
+        self._rotate = False
+        self._invalidated = False
+        self._expiry: _Expiry | None = None
+
+    # -- Starlette compatibility -----------------------------------------------
+
+    def mark_accessed(self) -> None:
+        self.accessed = True
+
+    def mark_modified(self) -> None:
+        """Mark the whole session as changed (after mutating a nested value)."""
+        self.accessed = True
+        self.modified = True
+        self._replace = True
+
+    # -- reads (mark accessed, so the response varies on Cookie) -----------------
+
+    def __getitem__(self, key: str) -> Any:
+        self.accessed = True
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.accessed = True
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self.accessed = True
+        return super().__contains__(key)
+
+    def __iter__(self) -> Iterator[str]:
+        self.accessed = True
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self.accessed = True
+        return super().__len__()
+
+    def keys(self) -> Any:
+        self.accessed = True
+        return super().keys()
+
+    def values(self) -> Any:
+        self.accessed = True
+        return super().values()
+
+    def items(self) -> Any:
+        self.accessed = True
+        return super().items()
+
+    # -- writes ----------------------------------------------------------------
+
+    def _changing(self, key: str) -> None:
+        self.accessed = True
+        self.modified = True
+        self._changed.add(key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if self._check is not None:
+            self._check(key, value)
+        elif type(key) is not str:
+            raise SerializationError(f"session keys must be str, got {type(key).__name__}")
+        self._changing(key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self._changing(key)
+
+    def clear(self) -> None:
+        self._changed.update(super().keys())
+        self.accessed = True
+        self.modified = True
+        super().clear()
+
+    def pop(self, key: str, *args: Any) -> Any:
+        if super().__contains__(key):
+            self._changing(key)
+        return super().pop(key, *args)
+
+    def popitem(self) -> tuple[str, Any]:
+        key, value = super().popitem()
+        self._changing(key)
+        return key, value
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if not super().__contains__(key):
+            self[key] = default
+            return default
+        self.accessed = True
+        return super().__getitem__(key)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        items: dict[str, Any] = dict(*args, **kwargs)
+        for key, value in items.items():
+            self[key] = value
+
+    def __ior__(self, other: Iterable[Any]) -> Session:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+    def copy(self) -> dict[str, Any]:
+        """A plain ``dict`` copy of the data."""
+        self.accessed = True
+        return dict(super().items())
+
+    def __reduce__(self) -> Any:
+        # A Session is tied to one request; pickling or deep-copying it gives the data.
+        return (dict, (dict(super().items()),))
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def rotate(self) -> None:
+        """Issue a new session ID on this response, keeping the data.
+
+        Call it on login and on any change of privilege. The old ID stops working:
+        server-side backends keep it only as a short read-only grace alias so that
+        parallel requests of the same browser are not logged out.
+        """
+        self.accessed = True
+        self._rotate = True
+
+    def invalidate(self) -> None:
+        """End the session: clear the data, delete the stored record and expire the
+        cookie on this response."""
+        self.clear()
+        self._invalidated = True
+
+    def set_expiry(self, value: int | float | timedelta | datetime | None) -> None:
+        """Override this session's expiry (like Django's ``set_expiry``).
+
+        * seconds (int/float) or a ``timedelta``: idle timeout for this session;
+        * an aware ``datetime``: the session ends at that moment, activity or not;
+        * ``0``: a browser-session cookie without Max-Age (the server still expires
+          the session after the default idle timeout);
+        * ``None``: back to the middleware's settings.
+
+        The absolute lifetime is never extended. Raises ``ValueError`` for a negative
+        duration or a naive datetime.
+        """
+        if value is None:
+            expiry: _Expiry = (None, None, False)
+        elif isinstance(value, datetime):
+            if value.tzinfo is None:
+                raise ValueError("set_expiry() needs an aware datetime (add tzinfo=UTC)")
+            expiry = (None, value.timestamp(), False)
+        else:
+            if isinstance(value, timedelta):
+                value = value.total_seconds()
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(
+                    f"set_expiry() takes seconds, a timedelta or a datetime, got {value!r}"
+                )
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"set_expiry() needs a non-negative duration, got {value!r}")
+            expiry = (None, None, True) if value == 0 else (max(1, int(value)), None, False)
+        self._expiry = expiry
+        self.accessed = True
+        self.modified = True
+
+    # -- metadata ----------------------------------------------------------------
+
+    @property
+    def new(self) -> bool:
+        """True when no stored session was loaded for this request."""
+        return self._record is None
+
+    @property
+    def id(self) -> str | None:
+        """The session's public ID: safe to log and show, never usable as a cookie.
+        ``None`` until the session is first stored."""
+        return None if self._record is None else self._record.session_id
+
+    @property
+    def created_at(self) -> datetime | None:
+        return None if self._record is None else _utc(self._record.created_at)
+
+    @property
+    def last_seen(self) -> datetime | None:
+        """When the session's expiry was last extended (refreshes are throttled)."""
+        return None if self._record is None else _utc(self._record.last_seen)
+
+    @property
+    def expires_at(self) -> datetime | None:
+        """When the session ends without further activity (the earlier of the idle
+        and absolute deadlines), as of the start of this request."""
+        if self._record is None or self._policy is None:
+            return None
+        return _utc(self._policy.deadline(self._record))
+
+    @property
+    def absolute_expires_at(self) -> datetime | None:
+        """The hard end of the session, which activity never moves."""
+        if self._record is None or self._policy is None:
+            return None
+        return _utc(self._policy.absolute_deadline(self._record))
+
+    @property
+    def is_browser_session(self) -> bool:
+        """Whether the cookie has no Max-Age (it ends when the browser closes)."""
+        if self._expiry is not None:
+            return self._expiry[2]
+        return self._record is not None and self._record.browser_session
+
+    @property
+    def read_only(self) -> bool:
+        """True for a request that came in on the grace alias of a just-rotated
+        session: it sees the data, and nothing it changes is stored."""
+        return self._record is not None and self._record.read_only
+
+    def __repr__(self) -> str:
+        return f"Session({dict.__repr__(self)})"
