@@ -1,0 +1,177 @@
+"""A small raw-ASGI harness: an app that acts on scope["session"] by path, a
+recording wrapper around a real backend, and a client with a cookie jar."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+from asgi_sessions import SessionMiddleware
+from asgi_sessions.backends.base import Delta, SessionBackend, SessionRecord
+from asgi_sessions.errors import InvalidToken
+
+Message = dict[str, Any]
+
+
+async def session_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Raw ASGI app: /read, /untouched, /set?k=v, /del?k=, /rotate, /login?user=,
+    /invalidate, /clear, /expiry?s=, /fail500 (writes, then 500), /raise (writes,
+    then raises before responding)."""
+    assert scope["type"] == "http"
+    session = scope["session"]
+    path = scope["path"]
+    query = dict(parse_qsl(scope.get("query_string", b"").decode(), keep_blank_values=True))
+    status = 200
+    if path == "/read":
+        pass
+    elif path == "/set":
+        for key, value in query.items():
+            session[key] = value
+    elif path == "/del":
+        for key in query:
+            del session[key]
+    elif path == "/rotate":
+        session.rotate()
+    elif path == "/login":
+        session.rotate()
+        session["user"] = query["user"]
+    elif path == "/invalidate":
+        session.invalidate()
+    elif path == "/clear":
+        session.clear()
+    elif path == "/expiry":
+        session.set_expiry(int(query["s"]))
+        session["x"] = "1"
+    elif path == "/fail500":
+        session["x"] = "1"
+        status = 500
+    elif path == "/raise":
+        session["x"] = "1"
+        raise RuntimeError("handler failed")
+    elif path != "/untouched":
+        status = 404
+    body = json.dumps(dict(session)).encode() if path != "/untouched" else b"{}"
+    headers = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Recording:
+    """Delegates to a real backend and records each call's name."""
+
+    def __init__(self, inner: SessionBackend) -> None:
+        self.inner = inner
+        self.serializer = inner.serializer
+        self.calls: list[str] = []
+
+    async def load(self, token: str, *, now: float) -> SessionRecord | None:
+        try:
+            record = await self.inner.load(token, now=now)
+        except InvalidToken:
+            # Refused on its shape or signature, before any store access.
+            self.calls.append("load:invalid")
+            raise
+        self.calls.append("load")
+        return record
+
+    async def save(
+        self,
+        token: str | None,
+        record: SessionRecord,
+        delta: Delta,
+        *,
+        now: float,
+        ttl: int,
+        rotate: bool,
+    ) -> str:
+        self.calls.append("save:rotate" if rotate else "save")
+        return await self.inner.save(token, record, delta, now=now, ttl=ttl, rotate=rotate)
+
+    async def touch(self, token: str, record: SessionRecord, *, now: float, ttl: int) -> str | None:
+        self.calls.append("touch")
+        return await self.inner.touch(token, record, now=now, ttl=ttl)
+
+    async def delete(self, token: str, record: SessionRecord) -> None:
+        self.calls.append("delete")
+        await self.inner.delete(token, record)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+    def header_values(self, name: str) -> list[str]:
+        key = name.lower().encode()
+        return [v.decode("latin-1") for k, v in self.headers if k.lower() == key]
+
+    @property
+    def set_cookies(self) -> list[str]:
+        return self.header_values("set-cookie")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Client:
+    """Drives an ASGI app in-process, keeping cookies like a browser would."""
+
+    app: Any
+    jar: dict[str, str] = field(default_factory=dict)
+
+    async def get(self, target: str, *, cookie: bytes | None = None) -> Response:
+        path, _, query = target.partition("?")
+        headers: list[tuple[bytes, bytes]] = []
+        if cookie is not None:
+            headers.append((b"cookie", cookie))
+        elif self.jar:
+            headers.append((b"cookie", "; ".join(f"{k}={v}" for k, v in self.jar.items()).encode()))
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "https",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": query.encode(),
+            "root_path": "",
+            "headers": headers,
+            "client": ("127.0.0.1", 1234),
+            "server": ("testserver", 443),
+        }
+        sent: list[Message] = []
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        await self.app(scope, receive, send)
+        start = sent[0]
+        body = b"".join(m.get("body", b"") for m in sent[1:])
+        response = Response(start["status"], list(start.get("headers", [])), body)
+        for value in response.set_cookies:
+            name, _, rest = value.partition("=")
+            cookie_value = rest.split(";", 1)[0]
+            if "Max-Age=0" in value:
+                self.jar.pop(name, None)
+            else:
+                self.jar[name] = cookie_value
+        return response
+
+
+def make(backend: SessionBackend | None = None, **settings: Any) -> tuple[Client, Recording]:
+    from asgi_sessions import MemoryBackend
+
+    recording = Recording(backend if backend is not None else MemoryBackend())
+    app = SessionMiddleware(session_app, backend=recording, **settings)  # type: ignore[arg-type]
+    return Client(app), recording
