@@ -146,6 +146,7 @@ class Session(dict[str, Any]):
         super().clear()
 
     def pop(self, key: str, *args: Any) -> Any:
+        self.accessed = True
         if super().__contains__(key):
             self._changing(key)
         return super().pop(key, *args)
