@@ -16,6 +16,7 @@ from asgi_sessions.errors import (
     ConfigurationError,
     InvalidToken,
     SessionGone,
+    SessionTooLarge,
 )
 from asgi_sessions.policy import Action, ExpiryPolicy, decide, seconds
 from asgi_sessions.session import Session
@@ -154,13 +155,13 @@ class SessionMiddleware:
         replaced = False
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal replaced
+            nonlocal replaced, token
             if replaced:
                 return
             msg_type = message["type"]
             if msg_type == start_type or msg_type == "websocket.http.response.start":
                 try:
-                    await self._commit(message, session, token, read.names)
+                    token = await self._commit(message, session, token, read.names)
                 except BackendError as exc:
                     if not self.fail_open:
                         logger.error("session store failed on commit, answering 503: %s", exc)
@@ -171,10 +172,14 @@ class SessionMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_wrapper)
+        if kind == "websocket" and not replaced:
+            await self._commit_after_socket(session, token)
 
     async def _commit(
         self, message: Message, session: Session, token: str | None, seen: tuple[str, ...]
-    ) -> None:
+    ) -> str | None:
+        """Apply the commit rules at the start of the response; returns the token in
+        force afterwards (``None`` when there is no stored session)."""
         headers = message.get("headers")
         if headers is None:
             headers = message["headers"] = []
@@ -202,16 +207,8 @@ class SessionMiddleware:
             failed=message.get("status", 200) >= 500,
         )
         if action is Action.NOTHING:
-            return
-
-        if action is Action.DELETE:
-            assert record is not None
-            assert token is not None
-            await self.backend.delete(token, record)
-            self._set_cookies(headers, self.cookie.render_delete(seen))
-            return
-
-        if record is not None and record.read_only:
+            return token
+        if record is not None and record.read_only and action is not Action.DELETE:
             # A request on the grace alias of a rotated session: the browser already
             # holds the new cookie, and a write here could fork a second session.
             if session.modified:
@@ -219,8 +216,40 @@ class SessionMiddleware:
                     "session %s: changes made on a rotated session's grace alias are discarded",
                     fingerprint(token or ""),
                 )
-            return
+            return token
+        try:
+            value = await self._apply(action, session, token, now, rotate=rotate)
+        except SessionGone:
+            logger.info(
+                "session %s was ended during the request; not re-created", fingerprint(token or "")
+            )
+            value = None
+        stored = session._record
+        if value is None or stored is None:
+            self._set_cookies(headers, self.cookie.render_delete(seen))
+        elif value != token or not stored.browser_session:
+            # An unchanged token is re-sent too, so the browser's Max-Age slides.
+            max_age = self.policy.cookie_max_age(stored, now)
+            try:
+                cookies = self.cookie.render(value, max_age, seen)
+            except ValueError as exc:
+                raise SessionTooLarge(f"the session does not fit in cookies: {exc}") from None
+            self._set_cookies(headers, cookies)
+        return value
 
+    async def _apply(
+        self, action: Action, session: Session, token: str | None, now: float, *, rotate: bool
+    ) -> str | None:
+        """Carry out ``action`` on the backend and return the cookie value now in
+        force (``None`` after a delete). Resets the session's change tracking so a
+        WebSocket can commit again when it closes."""
+        record = session._record
+        if action is Action.DELETE:
+            assert record is not None
+            assert token is not None
+            await self.backend.delete(token, record)
+            session._record = None
+            return None
         if record is None:
             record = SessionRecord(
                 session_id="", data={}, created_at=now, last_seen=now, rotated_at=now
@@ -229,32 +258,54 @@ class SessionMiddleware:
             record.idle_timeout, record.fixed_expiry, record.browser_session = session._expiry
         record.last_seen = now
         ttl = self.policy.ttl(record, now)
-        try:
-            if action is Action.SAVE:
-                record.data = dict(dict.items(session))
-                delta = _delta(session, replace=token is None)
-                rotate = rotate and token is not None
-                if rotate:
-                    record.rotated_at = now
-                value = await self.backend.save(
-                    token, record, delta, now=now, ttl=ttl, rotate=rotate
-                )
-            else:
-                assert token is not None
-                touched = await self.backend.touch(token, record, now=now, ttl=ttl)
-                if touched is None and record.browser_session:
-                    return  # nothing about the cookie changed
-                # Re-send an unchanged token too, so the browser's Max-Age slides.
-                value = token if touched is None else touched
-        except SessionGone:
-            logger.info(
-                "session %s was ended during the request; not re-created", fingerprint(token or "")
-            )
-            self._set_cookies(headers, self.cookie.render_delete(seen))
+        if action is Action.SAVE:
+            record.data = dict(dict.items(session))
+            rotate = rotate and token is not None
+            if rotate:
+                record.rotated_at = now
+            delta = _delta(session, replace=token is None)
+            value = await self.backend.save(token, record, delta, now=now, ttl=ttl, rotate=rotate)
+        else:
+            assert token is not None
+            touched = await self.backend.touch(token, record, now=now, ttl=ttl)
+            value = token if touched is None else touched
+        record.reissue = False
+        session._record = record
+        session.modified = session._replace = session._rotate = False
+        session._changed.clear()
+        session._expiry = None
+        return value
+
+    async def _commit_after_socket(self, session: Session, token: str | None) -> None:
+        """Persist what a WebSocket changed after it was accepted. No cookie can be
+        sent any more, so only changes that keep the cookie value are stored."""
+        if token is None or session._record is None or session._record.read_only:
+            if session.modified:
+                logger.warning("session changes made during a WebSocket were not stored")
             return
-        self._set_cookies(
-            headers, self.cookie.render(value, self.policy.cookie_max_age(record, now), seen)
+        action = decide(
+            stored=True,
+            empty=not dict.__len__(session),
+            modified=session.modified,
+            invalidated=session._invalidated,
+            rotate=False,
+            refresh=False,
+            failed=False,
         )
+        if action is Action.NOTHING:
+            return
+        if session._rotate:
+            logger.warning("rotate() during a WebSocket is ignored: the new cookie cannot be sent")
+        try:
+            value = await self._apply(action, session, token, self.clock(), rotate=False)
+        except SessionGone:
+            logger.info("session %s ended while its WebSocket was open", fingerprint(token))
+            return
+        if value is not None and value != token:
+            logger.warning(
+                "session changes made during a WebSocket need a new cookie, which cannot be "
+                "sent on an open socket; they last only as long as the old cookie is used"
+            )
 
     def _set_cookies(self, headers: list[tuple[bytes, bytes]], values: list[bytes]) -> None:
         has_cache_control = False
