@@ -1,0 +1,247 @@
+"""The backend contract: every backend runs through the same cases.
+
+Later backends (Redis, Redis Cluster, hybrid) join by adding a parameter to the
+``backend`` fixture. ``stateful`` backends keep server-side state, so deleting or
+rotating a session makes its old token stop working; a stateless one (the JWT
+backend without a deny list) cannot revoke a token before it expires.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from asgi_sessions import (
+    Delta,
+    InvalidToken,
+    MemoryBackend,
+    SessionBackend,
+    SessionGone,
+    SessionRecord,
+)
+
+pytestmark = pytest.mark.anyio
+
+NOW = 1_700_000_000.0
+SECRET = "contract-test-secret-of-at-least-32-bytes"
+
+
+@dataclass
+class Subject:
+    backend: SessionBackend
+    stateful: bool
+
+
+@pytest.fixture(params=["memory", "jwt"])
+async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
+    if request.param == "memory":
+        subject = Subject(MemoryBackend(rotation_grace=5), stateful=True)
+    else:
+        from asgi_sessions import JWTBackend
+
+        subject = Subject(JWTBackend(SECRET), stateful=False)
+    yield subject
+    await subject.backend.aclose()
+
+
+def new_record(**fields: Any) -> SessionRecord:
+    base: dict[str, Any] = {
+        "session_id": "",
+        "data": {},
+        "created_at": NOW,
+        "last_seen": NOW,
+        "rotated_at": NOW,
+    }
+    base.update(fields)
+    return SessionRecord(**base)
+
+
+async def create(
+    backend: SessionBackend, data: dict[str, Any], **fields: Any
+) -> tuple[str, SessionRecord]:
+    record = new_record(data=dict(data), **fields)
+    token = await backend.save(
+        None, record, Delta(data, replace=True), now=NOW, ttl=600, rotate=False
+    )
+    return token, record
+
+
+async def update(
+    backend: SessionBackend,
+    token: str,
+    loaded: SessionRecord,
+    updates: dict[str, Any],
+    now: float = NOW,
+) -> str:
+    loaded.data = {**loaded.data, **updates}
+    return await backend.save(token, loaded, Delta(updates), now=now, ttl=600, rotate=False)
+
+
+async def test_save_then_load_round_trips_data_and_metadata(subject: Subject) -> None:
+    backend = subject.backend
+    data = {"user": "ann", "n": 3, "tags": ["a", "b"], "nested": {"x": None, "f": 1.5}}
+    token, _ = await create(backend, data, user_id="u1", idle_timeout=120, browser_session=True)
+    assert isinstance(token, str)
+    assert token
+    loaded = await backend.load(token, now=NOW + 1)
+    assert loaded is not None
+    assert loaded.data == data
+    assert loaded.session_id
+    assert token not in loaded.session_id  # the public ID is never the token
+    assert (loaded.created_at, loaded.last_seen) == (NOW, NOW)
+    assert (loaded.user_id, loaded.idle_timeout, loaded.browser_session) == ("u1", 120, True)
+    assert not loaded.read_only
+
+
+async def test_two_new_sessions_never_share_a_token_or_id(subject: Subject) -> None:
+    tokens = set()
+    ids = set()
+    for _ in range(50):
+        token, _ = await create(subject.backend, {"k": 1})
+        loaded = await subject.backend.load(token, now=NOW)
+        assert loaded is not None
+        tokens.add(token)
+        ids.add(loaded.session_id)
+    assert len(tokens) == len(ids) == 50
+
+
+@pytest.mark.parametrize(
+    "token", ["", "x", "A" * 42, "A" * 44, "A" * 42 + "!", "a.b", "é" * 43, "A" * 5000]
+)
+async def test_malformed_tokens_raise_invalid_token(subject: Subject, token: str) -> None:
+    with pytest.raises(InvalidToken):
+        await subject.backend.load(token, now=NOW)
+
+
+async def test_loaded_data_is_independent_of_the_store(subject: Subject) -> None:
+    token, _ = await create(subject.backend, {"cart": [1]})
+    first = await subject.backend.load(token, now=NOW)
+    assert first is not None
+    first.data["cart"].append(2)
+    second = await subject.backend.load(token, now=NOW)
+    assert second is not None
+    assert second.data == {"cart": [1]}
+
+
+async def test_update_keeps_unchanged_keys(subject: Subject) -> None:
+    backend = subject.backend
+    token, _ = await create(backend, {"a": 1, "b": 2})
+    loaded = await backend.load(token, now=NOW)
+    assert loaded is not None
+    token = await update(backend, token, loaded, {"b": 3})
+    again = await backend.load(token, now=NOW)
+    assert again is not None
+    assert again.data == {"a": 1, "b": 3}
+
+
+async def test_concurrent_updates_of_different_keys_both_land(subject: Subject) -> None:
+    if not subject.stateful:
+        pytest.skip("a client-side token carries one writer's copy of the data")
+    backend = subject.backend
+    token, _ = await create(backend, {"seed": 1})
+    one = await backend.load(token, now=NOW)
+    two = await backend.load(token, now=NOW)
+    assert one is not None
+    assert two is not None
+    await update(backend, token, one, {"a": 1})
+    await update(backend, token, two, {"b": 2})
+    final = await backend.load(token, now=NOW)
+    assert final is not None
+    assert final.data == {"seed": 1, "a": 1, "b": 2}
+
+
+async def test_removed_keys_are_removed(subject: Subject) -> None:
+    backend = subject.backend
+    token, _ = await create(backend, {"a": 1, "b": 2})
+    loaded = await backend.load(token, now=NOW)
+    assert loaded is not None
+    loaded.data = {"a": 1}
+    token = await backend.save(
+        token, loaded, Delta({}, frozenset({"b"})), now=NOW, ttl=600, rotate=False
+    )
+    final = await backend.load(token, now=NOW)
+    assert final is not None
+    assert final.data == {"a": 1}
+
+
+async def test_record_lives_for_its_ttl(subject: Subject) -> None:
+    token, _ = await create(subject.backend, {"k": 1})
+    assert await subject.backend.load(token, now=NOW + 599) is not None
+    # The JWT backend grants its leeway past exp; everyone is gone well after.
+    assert await subject.backend.load(token, now=NOW + 600 + 3600) is None
+
+
+async def test_touch_extends_without_rewriting(subject: Subject) -> None:
+    backend = subject.backend
+    token, _ = await create(backend, {"k": 1})
+    loaded = await backend.load(token, now=NOW + 500)
+    assert loaded is not None
+    loaded.last_seen = NOW + 500
+    touched = await backend.touch(token, loaded, now=NOW + 500, ttl=600)
+    token = touched or token
+    later = await backend.load(token, now=NOW + 1000)
+    assert later is not None
+    assert later.last_seen == NOW + 500
+    assert later.data == {"k": 1}
+
+
+async def test_rotate_issues_a_new_token_with_the_same_data(subject: Subject) -> None:
+    backend = subject.backend
+    old, _ = await create(backend, {"k": 1})
+    loaded = await backend.load(old, now=NOW)
+    assert loaded is not None
+    old_id = loaded.session_id
+    new = await backend.save(old, loaded, Delta({}), now=NOW, ttl=600, rotate=True)
+    assert new != old
+    rotated = await backend.load(new, now=NOW + 1)
+    assert rotated is not None
+    assert rotated.data == {"k": 1}
+    assert rotated.session_id != old_id
+    if subject.stateful:
+        alias = await backend.load(old, now=NOW + 1)
+        assert alias is not None
+        assert alias.read_only
+        assert await backend.load(old, now=NOW + 6) is None
+
+
+async def test_a_grace_alias_can_never_be_written(subject: Subject) -> None:
+    if not subject.stateful:
+        pytest.skip("stateless tokens have no alias")
+    backend = subject.backend
+    old, _ = await create(backend, {"k": 1})
+    loaded = await backend.load(old, now=NOW)
+    assert loaded is not None
+    await backend.save(old, loaded, Delta({}), now=NOW, ttl=600, rotate=True)
+    alias = await backend.load(old, now=NOW + 1)
+    assert alias is not None
+    with pytest.raises(SessionGone):
+        await update(backend, old, alias, {"fork": 1}, now=NOW + 1)
+
+
+async def test_delete_ends_a_stateful_session_and_never_raises(subject: Subject) -> None:
+    backend = subject.backend
+    token, _ = await create(backend, {"k": 1})
+    loaded = await backend.load(token, now=NOW)
+    assert loaded is not None
+    await backend.delete(token, loaded)
+    await backend.delete(token, loaded)  # twice: no error
+    if subject.stateful:
+        assert await backend.load(token, now=NOW) is None
+
+
+async def test_a_save_never_re_creates_a_deleted_session(subject: Subject) -> None:
+    if not subject.stateful:
+        pytest.skip("nothing server-side to re-create")
+    backend = subject.backend
+    token, _ = await create(backend, {"k": 1})
+    loaded = await backend.load(token, now=NOW)
+    assert loaded is not None
+    await backend.delete(token, loaded)
+    with pytest.raises(SessionGone):
+        await update(backend, token, loaded, {"late": 1})
+    with pytest.raises(SessionGone):
+        await backend.touch(token, loaded, now=NOW, ttl=600)
+    assert await backend.load(token, now=NOW) is None

@@ -1,0 +1,62 @@
+"""MemoryBackend specifics: bounded size, hashed keys, corrupt records."""
+
+from __future__ import annotations
+
+import pytest
+
+from asgi_sessions import ConfigurationError, Delta, MemoryBackend, SessionRecord
+
+pytestmark = pytest.mark.anyio
+NOW = 1_700_000_000.0
+
+
+def record() -> SessionRecord:
+    return SessionRecord(session_id="", data={}, created_at=NOW, last_seen=NOW, rotated_at=NOW)
+
+
+async def save(backend: MemoryBackend, now: float = NOW, ttl: int = 600) -> str:
+    return await backend.save(
+        None, record(), Delta({"k": 1}, replace=True), now=now, ttl=ttl, rotate=False
+    )
+
+
+async def test_size_is_bounded_expired_first_then_least_recently_written() -> None:
+    backend = MemoryBackend(max_sessions=10)
+    short = [await save(backend, ttl=5) for _ in range(5)]
+    long = [await save(backend, ttl=600) for _ in range(5)]
+    assert len(backend) == 10
+    # Later, the short ones have expired: making room drops them, not live ones.
+    newer = [await save(backend, now=NOW + 10) for _ in range(5)]
+    for token in long + newer:
+        assert await backend.load(token, now=NOW + 10) is not None
+    for token in short:
+        assert await backend.load(token, now=NOW + 10) is None
+    # Full of live sessions: the least recently written go first, never more than max.
+    for _ in range(100):
+        await save(backend, now=NOW + 10)
+        assert len(backend) <= 10
+    for token in long:
+        assert await backend.load(token, now=NOW + 10) is None
+
+
+async def test_store_keys_are_hashes_never_tokens() -> None:
+    backend = MemoryBackend()
+    token = await save(backend)
+    assert token not in backend._entries
+    assert all(token not in key for key in backend._entries)
+    assert len(token) == 43  # 256 bits, URL-safe base64
+
+
+async def test_corrupt_stored_record_gives_none_and_is_removed() -> None:
+    backend = MemoryBackend()
+    token = await save(backend)
+    (entry,) = backend._entries.values()
+    entry.blob = b"\xff\x00not json"
+    assert await backend.load(token, now=NOW) is None
+    assert len(backend) == 0
+
+
+@pytest.mark.parametrize("settings", [{"max_sessions": 0}, {"rotation_grace": -1}])
+def test_bad_settings(settings: dict[str, int]) -> None:
+    with pytest.raises(ConfigurationError):
+        MemoryBackend(**settings)
