@@ -148,7 +148,9 @@ class SessionMiddleware:
             token = None
             session = Session(check=self._check, policy=self.policy)
         else:
-            session = Session(record.data, record=record, check=self._check, policy=self.policy)
+            session = Session(
+                record.data, record=record, check=self._check, policy=self.policy, now=now
+            )
         scope["session"] = session
 
         start_type = "http.response.start" if kind == "http" else "websocket.accept"
@@ -171,8 +173,28 @@ class SessionMiddleware:
                     logger.warning("session store failed on commit, session not saved: %s", exc)
             await send(message)
 
-        await self.app(scope, receive, send_wrapper)
-        if kind == "websocket" and not replaced:
+        if kind == "http":
+            await self.app(scope, receive, send_wrapper)
+            return
+
+        disconnected = False
+
+        async def receive_wrapper() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                disconnected = True
+            return message
+
+        try:
+            await self.app(scope, receive_wrapper, send_wrapper)
+        except Exception:
+            # Frameworks end a socket that the client closed by raising from
+            # receive() (Starlette's WebSocketDisconnect): a normal end, not a failure.
+            if disconnected and not replaced:
+                await self._commit_after_socket(session, token)
+            raise
+        if not replaced:
             await self._commit_after_socket(session, token)
 
     async def _commit(
@@ -186,7 +208,7 @@ class SessionMiddleware:
         elif not isinstance(headers, list):
             headers = message["headers"] = list(headers)
 
-        if session.accessed:
+        if session.accessed and not _varies_on_cookie(headers):
             headers.append(_VARY)
 
         record = session._record
@@ -322,6 +344,15 @@ class SessionMiddleware:
         headers.extend((b"set-cookie", v) for v in values)
         if not has_cache_control:
             headers.append(_NO_STORE)
+
+
+def _varies_on_cookie(headers: list[tuple[bytes, bytes]]) -> bool:
+    for key, value in headers:
+        if key.lower() == b"vary":
+            tokens = {t.strip().lower() for t in value.split(b",")}
+            if b"cookie" in tokens or b"*" in tokens:
+                return True
+    return False
 
 
 def _delta(session: Session, *, replace: bool) -> Delta:

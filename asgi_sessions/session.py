@@ -46,6 +46,7 @@ class Session(dict[str, Any]):
         "_check",
         "_expiry",
         "_invalidated",
+        "_loaded_at",
         "_policy",
         "_record",
         "_replace",
@@ -61,6 +62,7 @@ class Session(dict[str, Any]):
         record: SessionRecord | None = None,
         check: _Check | None = None,
         policy: ExpiryPolicy | None = None,
+        now: float | None = None,
     ) -> None:
         if data:
             super().__init__(data)
@@ -69,6 +71,7 @@ class Session(dict[str, Any]):
         self._record = record
         self._check = check
         self._policy = policy
+        self._loaded_at = now
         self._changed: set[str] = set()
         self._replace = False
         self._rotate = False
@@ -255,11 +258,15 @@ class Session(dict[str, Any]):
 
     @property
     def expires_at(self) -> datetime | None:
-        """When the session ends without further activity (the earlier of the idle
-        and absolute deadlines), as of the start of this request."""
-        if self._record is None or self._policy is None:
+        """When the session ends without further activity: the earlier of the idle
+        and absolute deadlines, as this response leaves it (a change or a due
+        refresh restarts the idle clock from this request)."""
+        record, policy, now = self._record, self._policy, self._loaded_at
+        if record is None or policy is None:
             return None
-        return _utc(self._policy.deadline(self._record))
+        if now is not None and (self.modified or policy.refresh_due(record, now)):
+            return _utc(policy.deadline(record, last_seen=now))
+        return _utc(policy.deadline(record))
 
     @property
     def absolute_expires_at(self) -> datetime | None:
