@@ -1,0 +1,608 @@
+"""JWTBackend: the whole session lives in a signed JWT in the cookie (no server state).
+
+Token format (compact JWS, one per session cookie, chunked by the cookie codec when
+it is over the browser limit):
+
+* header: ``alg`` (the key's algorithm), ``kid`` (which configured key signed it),
+  ``typ: "JWT"``;
+* claims: ``aud`` (the configured audience), ``iss`` (if configured), ``sid`` (the
+  session ID), ``iat`` (last refresh, whole seconds), ``exp``, ``crt`` (creation
+  time), ``rot`` (last rotation), ``dat`` (the session data); and only when set,
+  ``idi`` (per-session idle timeout, seconds), ``fix`` (fixed expiry), ``brs``
+  (browser-session cookie) and ``uid`` (user ID).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Final
+
+import jwt
+from jwt.algorithms import has_crypto
+
+from asgi_sessions._log import fingerprint, logger
+from asgi_sessions.backends.base import Delta, SessionRecord
+from asgi_sessions.errors import ConfigurationError, InvalidToken, SessionTooLarge
+from asgi_sessions.policy import seconds
+from asgi_sessions.serializers import JSONSerializer, Serializer
+
+__all__ = ["JWTBackend", "JWTKey"]
+
+_HMAC: Final = frozenset({"HS256", "HS384", "HS512"})
+_ASYMMETRIC: Final = frozenset({"RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"})
+_ALGORITHMS: Final = _HMAC | _ASYMMETRIC
+_KID: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_SHAPE: Final = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+# Issued tokens are refused above this, and anything longer is rejected before any
+# decoding: 16 full browser cookies, far beyond what proxies forward by default.
+MAX_TOKEN_LENGTH: Final = 64 * 1024
+# Our header is about 100 base64 characters; a bigger one is not ours.
+_MAX_HEADER_LENGTH: Final = 512
+# Times are seconds since the epoch; JSON's exact-integer range is plenty.
+_MAX_TIME: Final = 2**53
+_MAX_SID_LENGTH: Final = 128
+_HMAC_MINIMUM: Final = {"HS256": 32, "HS384": 48, "HS512": 64}  # RFC 7518 3.2
+_RAW_DATA: Final = "jwt.dat"  # key in SessionRecord.extra: the data's JSON as loaded
+
+
+@dataclass(frozen=True, slots=True)
+class JWTKey:
+    """One signing or verifying key of a :class:`JWTBackend`.
+
+    ``kid`` (1 to 64 characters of ``A-Z a-z 0-9 . _ -``) names the key in the
+    token header. ``algorithm`` is one of HS256, HS384, HS512, RS256, RS384, RS512,
+    PS256, ES256, ES384 or EdDSA; never ``none``.
+
+    * HS*: ``key`` is the shared secret (``str`` or ``bytes``, at least as many
+      bytes as the hash: 32 for HS256); ``public_key`` must stay ``None``.
+    * asymmetric (needs ``pyjwt[crypto]``): ``key`` is the private key (PEM
+      ``str``/``bytes`` or a ``cryptography`` key object), or ``None`` for a
+      retired key that only verifies; ``public_key`` is the verifying key, derived
+      from ``key`` when ``None``.
+
+    The key material is validated when the backend is built; ``kid`` and
+    ``algorithm`` are validated here.
+    """
+
+    kid: str
+    key: Any = field(repr=False)
+    algorithm: str = "HS256"
+    public_key: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kid, str) or not _KID.fullmatch(self.kid):
+            raise ConfigurationError(
+                f"JWTKey kid {self.kid!r} must be 1 to 64 characters of A-Z a-z 0-9 . _ -"
+            )
+        if not isinstance(self.algorithm, str) or self.algorithm not in _ALGORITHMS:
+            if isinstance(self.algorithm, str) and self.algorithm.lower() == "none":
+                raise ConfigurationError(
+                    f"JWTKey {self.kid!r}: algorithm 'none' means unsigned tokens, which "
+                    "anyone could forge; use HS256 or an asymmetric algorithm"
+                )
+            raise ConfigurationError(
+                f"JWTKey {self.kid!r}: algorithm {self.algorithm!r} is not supported; use "
+                f"one of {', '.join(sorted(_ALGORITHMS))}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    """A configured key with its material parsed once (pyjwt would re-parse a PEM
+    on every call)."""
+
+    kid: str
+    algorithm: str
+    algorithms: list[str]  # what jwt.decode accepts for this kid: exactly one
+    signing: Any  # None for a verify-only key
+    verifying: Any
+
+
+class _Verified:
+    """What a verified token tells, enough to rebuild its record on a cache hit.
+
+    Flat data (no nested list or dict) is kept as a dict and copied per hit; nested
+    data is kept as JSON text and decoded per hit, so a request never shares a
+    mutable object with the cache or with another request.
+    """
+
+    __slots__ = (
+        "browser",
+        "created",
+        "data",
+        "exp_limit",
+        "fixed",
+        "idle",
+        "issued",
+        "nb_limit",
+        "raw",
+        "reissue",
+        "rotated",
+        "sid",
+        "user",
+    )
+
+    def __init__(
+        self,
+        claims: dict[str, Any],
+        data: dict[str, Any] | None,
+        raw: str | None,
+        reissue: bool,
+        leeway: int,
+    ) -> None:
+        self.sid: str = claims["sid"]
+        self.issued: float = claims["iat"]
+        self.created: float = claims["crt"]
+        self.rotated: float = claims["rot"]
+        self.idle: int | None = claims.get("idi")
+        self.fixed: float | None = claims.get("fix")
+        self.browser: bool = claims.get("brs", False)
+        self.user: str | None = claims.get("uid")
+        self.data = data
+        self.raw = raw
+        self.reissue = reissue
+        self.exp_limit: float = claims["exp"] + leeway
+        nbf = claims.get("nbf")
+        self.nb_limit: float = (self.issued if nbf is None else max(self.issued, nbf)) - leeway
+
+    def record(self) -> SessionRecord:
+        extra: dict[str, Any]
+        if self.data is not None:
+            data = self.data.copy()
+            extra = {}
+        else:
+            assert self.raw is not None
+            data = json.loads(self.raw)
+            extra = {_RAW_DATA: self.raw}
+        return SessionRecord(
+            session_id=self.sid,
+            data=data,
+            created_at=self.created,
+            last_seen=self.issued,
+            rotated_at=self.rotated,
+            idle_timeout=self.idle,
+            fixed_expiry=self.fixed,
+            browser_session=self.browser,
+            user_id=self.user,
+            reissue=self.reissue,
+            extra=extra,
+        )
+
+
+class JWTBackend:
+    """Client-side sessions: the data lives in a signed JWT in the cookie.
+
+    Give exactly one of ``secret`` (one HS256 key, at least 32 bytes; its ``kid`` is
+    a short SHA-256 prefix of it) or ``keys``. With ``keys`` the first key signs
+    and every key verifies: to rotate, put the new key first and keep the old one
+    after it until the longest session has expired. A token signed by an older key
+    is re-issued under the first key on the response that reads it; a token whose
+    ``kid`` is no longer configured is rejected.
+
+    Verification pins the algorithm to the one configured for the token's ``kid``
+    (never the token's own ``alg``), and requires ``typ: "JWT"``, exactly the
+    configured ``aud`` (so other JWTs signed with the same key are not sessions),
+    ``iss`` when ``issuer`` is set, and the session claims with strict types. Times
+    are checked against the middleware's clock with ``leeway`` seconds of slack:
+    past ``exp`` the token is expired (``load`` returns ``None``); ``iat`` or ``nbf``
+    in the future make it invalid. Anything malformed or forged raises
+    :class:`InvalidToken` and nothing else.
+
+    Verified tokens are kept in a cache of at most ``cache_size`` entries (oldest
+    evicted first; 0 disables it), keyed by the exact token, so a busy session is
+    verified once per process; each hit gets its own copy of the data. Memory is
+    about ``cache_size`` times the token plus data size.
+
+    The whole session travels in every request: keep it small. A token over 4096
+    bytes is split by the middleware into ``name.0``, ``name.1``, ... cookies (at
+    most ``max_cookie_chunks``); ``save`` raises :class:`SessionTooLarge` for a token
+    over ``MAX_TOKEN_LENGTH`` (64 KiB), which ``load`` would refuse.
+
+    Stateless tokens cannot be revoked: ``delete``, ``invalidate()`` and
+    ``rotate()`` replace or expire the browser's cookie, but a copy of an earlier
+    token stays valid until its ``exp`` (at most the idle timeout after it was
+    issued). Keep the idle timeout short, or use a server-side backend when
+    revocation matters.
+    """
+
+    serializer: Serializer
+
+    def __init__(
+        self,
+        secret: str | bytes | None = None,
+        *,
+        keys: Sequence[JWTKey] | None = None,
+        audience: str = "asgi-sessions",
+        issuer: str | None = None,
+        leeway: int | timedelta = 30,
+        cache_size: int = 10_000,
+    ) -> None:
+        if (secret is None) == (keys is None):
+            raise ConfigurationError(
+                "JWTBackend needs exactly one of secret= (an HS256 secret) or keys= "
+                f"(a list of JWTKey, the first one signs); {_hint(32)}"
+            )
+        if secret is not None:
+            if not isinstance(secret, str | bytes):
+                raise ConfigurationError("secret must be a str or bytes")
+            raw = secret.encode() if isinstance(secret, str) else secret
+            if len(raw) < _HMAC_MINIMUM["HS256"]:
+                raise ConfigurationError(
+                    f"secret is {len(raw)} bytes; an HS256 secret must be at least 32 random "
+                    f"bytes: {_hint(32)}"
+                )
+            keys = [JWTKey(hashlib.sha256(raw).hexdigest()[:8], secret)]
+        assert keys is not None
+        if isinstance(keys, str | bytes) or not isinstance(keys, Sequence) or not keys:
+            raise ConfigurationError("keys must be a non-empty list of JWTKey")
+        prepared: dict[str, _Key] = {}
+        for item in keys:
+            if not isinstance(item, JWTKey):
+                raise ConfigurationError(
+                    f"keys must hold JWTKey objects, got {type(item).__name__}"
+                )
+            if item.kid in prepared:
+                raise ConfigurationError(
+                    f"two keys share kid {item.kid!r}; every kid must be unique"
+                )
+            prepared[item.kid] = _prepare(item)
+        signer = prepared[keys[0].kid]
+        if signer.signing is None:
+            raise ConfigurationError(
+                f"the first key ({signer.kid!r}) signs new tokens, so it needs a private "
+                "key; verify-only keys (key=None) may only follow it"
+            )
+        if not isinstance(audience, str) or not audience:
+            raise ConfigurationError("audience must be a non-empty str")
+        if issuer is not None and (not isinstance(issuer, str) or not issuer):
+            raise ConfigurationError("issuer must be a non-empty str or None")
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
+            raise ConfigurationError("cache_size must be an int >= 0 (0 disables the cache)")
+
+        self.serializer = JSONSerializer()
+        self.audience = audience
+        self.issuer = issuer
+        self.leeway = seconds(leeway, "leeway")
+        self.cache_size = cache_size
+        self._keys = prepared
+        self._signer = signer
+        self._cache: dict[str, _Verified] = {}
+        self._encoder = json.JSONEncoder(
+            ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=False
+        )
+        # Only the signing algorithm is registered: this instance never verifies.
+        self._jws = jwt.PyJWS(
+            algorithms=[signer.algorithm], options={"enforce_minimum_key_length": True}
+        )
+        required = ["exp", "iat", "aud", "sid", "crt", "rot", "dat"]
+        if issuer is not None:
+            required.append("iss")
+        # Time claims are checked here against the middleware's clock, not pyjwt's.
+        self._jwt = jwt.PyJWT(
+            options={
+                "verify_exp": False,
+                "verify_iat": False,
+                "verify_nbf": False,
+                "strict_aud": True,
+                "require": required,
+                "enforce_minimum_key_length": True,
+            }
+        )
+
+    # -- the SessionBackend protocol ------------------------------------------------
+
+    async def load(self, token: str, *, now: float) -> SessionRecord | None:
+        if type(token) is not str:
+            raise InvalidToken("token is not a str")
+        entry = self._cache.get(token)
+        if entry is None:
+            entry = self._verify(token)
+            if now > entry.exp_limit:
+                return None
+            if now < entry.nb_limit:
+                raise InvalidToken("token is not valid yet (iat or nbf in the future)")
+            if entry.reissue:
+                logger.info(
+                    "session token %s is signed by a retired key; re-issuing it under %r",
+                    fingerprint(token),
+                    self._signer.kid,
+                )
+            self._remember(token, entry)
+            return entry.record()
+        if now > entry.exp_limit:
+            del self._cache[token]
+            return None
+        if now < entry.nb_limit:
+            raise InvalidToken("token is not valid yet (iat or nbf in the future)")
+        return entry.record()
+
+    async def save(
+        self,
+        token: str | None,
+        record: SessionRecord,
+        delta: Delta,
+        *,
+        now: float,
+        ttl: int,
+        rotate: bool,
+    ) -> str:
+        # The token carries everything, so the full data is written and delta unused.
+        if token is None or rotate or not record.session_id:
+            record.session_id = secrets.token_urlsafe(16)
+        raw = self.serializer.dumps(record.data).decode()
+        return self._issue(record, raw, now=now, ttl=ttl)
+
+    async def touch(self, token: str, record: SessionRecord, *, now: float, ttl: int) -> str | None:
+        # The data goes back out exactly as it came in: like a server-side touch, a
+        # nested value mutated in place without mark_modified() is not persisted.
+        raw = record.extra.get(_RAW_DATA)
+        if type(raw) is not str:
+            raw = self.serializer.dumps(record.data).decode()
+        if not record.session_id:
+            record.session_id = secrets.token_urlsafe(16)
+        return self._issue(record, raw, now=now, ttl=ttl)
+
+    async def delete(self, token: str, record: SessionRecord) -> None:
+        # No server state: the middleware expires the cookie, and a copy of the token
+        # stays valid until its exp (revoking it needs a deny list, not built yet).
+        return None
+
+    async def aclose(self) -> None:
+        self._cache.clear()
+
+    # -- internals -----------------------------------------------------------------
+
+    def _remember(self, token: str, entry: _Verified) -> None:
+        cache = self._cache
+        if len(cache) >= self.cache_size:
+            if not self.cache_size:
+                return
+            del cache[next(iter(cache))]
+        cache[token] = entry
+
+    def _issue(self, record: SessionRecord, raw: str, *, now: float, ttl: int) -> str:
+        claims: dict[str, Any] = {"aud": self.audience}
+        if self.issuer is not None:
+            claims["iss"] = self.issuer
+        claims["sid"] = record.session_id
+        # Flooring iat (and so last_seen) can only bring the idle deadline earlier.
+        claims["iat"] = math.floor(record.last_seen)
+        claims["exp"] = math.ceil(now + ttl)
+        claims["crt"] = _compact(record.created_at)
+        claims["rot"] = _compact(record.rotated_at)
+        if record.idle_timeout is not None:
+            claims["idi"] = record.idle_timeout
+        if record.fixed_expiry is not None:
+            claims["fix"] = _compact(record.fixed_expiry)
+        if record.browser_session:
+            claims["brs"] = True
+        if record.user_id is not None:
+            claims["uid"] = record.user_id
+        head = self._encoder.encode(claims)
+        # raw is the serializer's checked JSON object text: splice it in rather than
+        # encoding the data a second time.
+        payload = f'{head[:-1]},"dat":{raw}}}'.encode()
+        signer = self._signer
+        token = self._jws.encode(
+            payload, signer.signing, algorithm=signer.algorithm, headers={"kid": signer.kid}
+        )
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise SessionTooLarge(
+                f"the session token would be {len(token)} bytes, over the limit of "
+                f"{MAX_TOKEN_LENGTH}; store less in the session or use a server-side backend"
+            )
+        if self.cache_size:
+            # The next request with this token is then a cache hit. The cache gets its
+            # own objects: the app may still hold the session's nested values.
+            if _nested(record.data):
+                entry = _Verified(claims, None, raw, False, self.leeway)
+            else:
+                entry = _Verified(claims, dict(record.data), None, False, self.leeway)
+            self._remember(token, entry)
+        return token
+
+    def _verify(self, token: str) -> _Verified:
+        """Check the token fully (shape, key, signature, claims); never raises
+        anything but :class:`InvalidToken`."""
+        if len(token) > MAX_TOKEN_LENGTH or not _SHAPE.fullmatch(token):
+            raise InvalidToken("not a JWT of this backend (shape, charset or length)")
+        key = self._key_for(token)
+        try:
+            decoded = self._jwt.decode_complete(
+                token,
+                key.verifying,
+                algorithms=key.algorithms,
+                audience=self.audience,
+                issuer=self.issuer,
+            )
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(f"JWT rejected: {type(exc).__name__}: {exc}") from None
+        except (
+            ValueError,
+            TypeError,
+            KeyError,
+            IndexError,
+            OverflowError,
+            RecursionError,
+            NotImplementedError,
+        ) as exc:
+            raise InvalidToken(f"JWT rejected: {type(exc).__name__}") from None
+        claims = decoded["payload"]
+        if type(claims) is not dict:
+            raise InvalidToken("JWT claims are not an object")
+        problem = self._check_claims(claims)
+        if problem is not None:
+            raise InvalidToken(f"JWT claims rejected: {problem}")
+        data: dict[str, Any] = claims["dat"]
+        reissue = key.kid != self._signer.kid
+        if _nested(data):
+            raw = self._encoder.encode(data)
+            return _Verified(claims, None, raw, reissue, self.leeway)
+        return _Verified(claims, data, None, reissue, self.leeway)
+
+    def _key_for(self, token: str) -> _Key:
+        """The configured key named by the (not yet verified) header, which must also
+        be the header we issue: typ JWT, the key's own alg, no crit/b64."""
+        segment = token[: token.index(".")]
+        if len(segment) > _MAX_HEADER_LENGTH:
+            raise InvalidToken("JWT header is too long")
+        try:
+            header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+        except (ValueError, binascii.Error, RecursionError):
+            raise InvalidToken("JWT header is not base64url JSON") from None
+        if type(header) is not dict:
+            raise InvalidToken("JWT header is not an object")
+        kid = header.get("kid")
+        key = self._keys.get(kid) if type(kid) is str else None
+        if key is None:
+            raise InvalidToken("JWT kid is missing or names no configured key")
+        if header.get("alg") != key.algorithm:
+            raise InvalidToken("JWT alg is not the algorithm configured for its kid")
+        if header.get("typ") != "JWT" or "crit" in header or "b64" in header:
+            raise InvalidToken("JWT header is not a session token header")
+        return key
+
+    def _check_claims(self, claims: dict[str, Any]) -> str | None:
+        sid = claims.get("sid")
+        if type(sid) is not str or not 0 < len(sid) <= _MAX_SID_LENGTH:
+            return "sid"
+        if claims.get("aud") != self.audience:
+            return "aud"
+        for name in ("exp", "iat", "crt", "rot"):
+            if not _is_time(claims.get(name)):
+                return name
+        if "nbf" in claims and not _is_time(claims["nbf"]):
+            return "nbf"
+        if type(claims.get("dat")) is not dict:
+            return "dat"
+        if "idi" in claims:
+            idle = claims["idi"]
+            if type(idle) is not int or not 0 < idle <= _MAX_TIME:
+                return "idi"
+        if "fix" in claims and not _is_time(claims["fix"]):
+            return "fix"
+        if "brs" in claims and claims["brs"] is not True:
+            return "brs"
+        if "uid" in claims and type(claims["uid"]) is not str:
+            return "uid"
+        return None
+
+
+def _is_time(value: Any) -> bool:
+    kind = type(value)
+    if kind is int:
+        return bool(0 <= value <= _MAX_TIME)
+    return kind is float and math.isfinite(value) and 0 <= value <= _MAX_TIME
+
+
+def _compact(value: float) -> float:
+    """An integral float as an int, so the token says ``1700000000`` and not
+    ``1700000000.0``; other values are kept exactly."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+def _nested(data: dict[str, Any]) -> bool:
+    """Whether ``data`` holds a list or dict, which a shallow copy would share."""
+    for value in data.values():
+        kind = type(value)
+        if kind is dict or kind is list:
+            return True
+    return False
+
+
+# -- key preparation ------------------------------------------------------------------
+
+
+def _hint(size: int) -> str:
+    return f'generate one with: python -c "import secrets; print(secrets.token_urlsafe({size}))"'
+
+
+def _prepare(item: JWTKey) -> _Key:
+    algorithm = item.algorithm
+    if algorithm in _HMAC:
+        return _prepare_hmac(item)
+    if not has_crypto:
+        raise ConfigurationError(
+            f"JWTKey {item.kid!r}: {algorithm} needs the cryptography package; install "
+            "asgi-sessions[jwt-crypto] (pyjwt[crypto])"
+        )
+    algo = jwt.get_algorithm_by_name(algorithm)
+    signing: Any = None
+    if item.key is not None:
+        try:
+            signing = algo.prepare_key(item.key)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"JWTKey {item.kid!r}: key is not a usable {algorithm} private key: {exc}"
+            ) from exc
+        if not callable(getattr(signing, "sign", None)):
+            raise ConfigurationError(
+                f"JWTKey {item.kid!r}: key must be a {algorithm} private key; give a public "
+                "key as public_key= with key=None for a verify-only key"
+            )
+    if item.public_key is not None:
+        try:
+            verifying = algo.prepare_key(item.public_key)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"JWTKey {item.kid!r}: public_key is not a usable {algorithm} key: {exc}"
+            ) from exc
+        if callable(getattr(verifying, "sign", None)):
+            verifying = verifying.public_key()
+        if signing is not None and _spki(verifying) != _spki(signing.public_key()):
+            raise ConfigurationError(
+                f"JWTKey {item.kid!r}: public_key does not belong to the private key"
+            )
+    elif signing is not None:
+        verifying = signing.public_key()
+    else:
+        raise ConfigurationError(
+            f"JWTKey {item.kid!r}: give a private key (key=) or, for a verify-only key, public_key="
+        )
+    problem = algo.check_key_length(verifying)
+    if problem:
+        raise ConfigurationError(f"JWTKey {item.kid!r}: {problem}")
+    return _Key(item.kid, algorithm, [algorithm], signing, verifying)
+
+
+def _prepare_hmac(item: JWTKey) -> _Key:
+    minimum = _HMAC_MINIMUM[item.algorithm]
+    if item.public_key is not None:
+        raise ConfigurationError(
+            f"JWTKey {item.kid!r}: {item.algorithm} is a shared-secret algorithm and takes "
+            "no public_key (did you mean an RS/PS/ES/EdDSA algorithm?)"
+        )
+    if not isinstance(item.key, str | bytes) or not item.key:
+        raise ConfigurationError(
+            f"JWTKey {item.kid!r}: {item.algorithm} needs a secret (str or bytes); "
+            + _hint(minimum)
+        )
+    try:
+        secret = jwt.get_algorithm_by_name(item.algorithm).prepare_key(item.key)
+    except jwt.InvalidKeyError as exc:
+        # e.g. a PEM public key given as an HMAC secret: the algorithm-confusion setup.
+        raise ConfigurationError(f"JWTKey {item.kid!r}: {exc}") from None
+    if len(secret) < minimum:
+        raise ConfigurationError(
+            f"JWTKey {item.kid!r}: the {item.algorithm} secret is {len(secret)} bytes; it "
+            f"must be at least {minimum} random bytes: {_hint(minimum)}"
+        )
+    return _Key(item.kid, item.algorithm, [item.algorithm], secret, secret)
+
+
+def _spki(public_key: Any) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    der: bytes = public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return der
