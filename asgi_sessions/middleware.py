@@ -19,7 +19,7 @@ from asgi_sessions.errors import (
     SessionTooLarge,
 )
 from asgi_sessions.policy import Action, ExpiryPolicy, decide, seconds
-from asgi_sessions.session import Session
+from asgi_sessions.session import Session, empty_session
 
 __all__ = ["SessionMiddleware"]
 
@@ -119,59 +119,63 @@ class SessionMiddleware:
             await self.app(scope, receive, send)
             return
 
-        now = self.clock()
         read = self.cookie.read(scope["headers"])
         token = read.value
-        record: SessionRecord | None = None
-        if read.problem is not None:
-            logger.warning("session cookie rejected: %s", read.problem)
-        elif token is not None:
+        if token is None:
+            if read.problem is not None:
+                logger.warning("session cookie rejected: %s", read.problem)
+            session = empty_session(self._check, self.policy)
+        else:
+            now = self.clock()
             try:
-                record = await self.backend.load(token, now=now)
-            except InvalidToken as exc:
-                logger.warning("session token %s rejected: %s", fingerprint(token), exc)
+                record = await self._load(token, now)
             except BackendError as exc:
                 if not self.fail_open:
                     logger.error("session store unavailable, answering 503: %s", exc)
                     await _unavailable(scope, send)
                     return
                 logger.warning("session store unavailable, continuing without a session: %s", exc)
-                scope["session"] = Session(check=self._check, policy=self.policy)
+                scope["session"] = empty_session(self._check, self.policy)
                 await self.app(scope, receive, _discard_session(scope, send))
                 return
-            if record is not None and self.policy.is_expired(record, now):
-                logger.info("session %s expired", fingerprint(token))
-                record = None
-            elif record is None:
-                logger.info("session token %s is unknown or expired", fingerprint(token))
-        if record is None:
-            token = None
-            session = Session(check=self._check, policy=self.policy)
-        else:
-            session = Session(
-                record.data, record=record, check=self._check, policy=self.policy, now=now
-            )
+            if record is None:
+                token = None
+                session = empty_session(self._check, self.policy)
+            else:
+                session = Session(
+                    record.data, record=record, check=self._check, policy=self.policy, now=now
+                )
         scope["session"] = session
 
         start_type = "http.response.start" if kind == "http" else "websocket.accept"
         replaced = False
 
-        async def send_wrapper(message: Message) -> None:
+        async def commit_then_send(message: Message) -> None:
             nonlocal replaced, token
-            if replaced:
-                return
-            msg_type = message["type"]
-            if msg_type == start_type or msg_type == "websocket.http.response.start":
-                try:
-                    token = await self._commit(message, session, token, read.names)
-                except BackendError as exc:
-                    if not self.fail_open:
-                        logger.error("session store failed on commit, answering 503: %s", exc)
-                        replaced = True
-                        await _unavailable(scope, send)
-                        return
-                    logger.warning("session store failed on commit, session not saved: %s", exc)
+            try:
+                token = await self._commit(message, session, token, read.names)
+            except BackendError as exc:
+                if not self.fail_open:
+                    logger.error("session store failed on commit, answering 503: %s", exc)
+                    replaced = True
+                    await _unavailable(scope, send)
+                    return
+                logger.warning("session store failed on commit, session not saved: %s", exc)
             await send(message)
+
+        # A plain function returning the awaitable: messages that need no commit go
+        # straight to the server's send without a coroutine of ours around them.
+        def send_wrapper(message: Message) -> Awaitable[None]:
+            if replaced:
+                return _done()
+            msg_type = message["type"]
+            # A session that was never touched and has no stored record has nothing
+            # to commit: the common anonymous request costs one attribute check.
+            if (msg_type == start_type or msg_type == "websocket.http.response.start") and (
+                session.accessed or token is not None
+            ):
+                return commit_then_send(message)
+            return send(message)
 
         if kind == "http":
             await self.app(scope, receive, send_wrapper)
@@ -196,6 +200,21 @@ class SessionMiddleware:
             raise
         if not replaced:
             await self._commit_after_socket(session, token)
+
+    async def _load(self, token: str, now: float) -> SessionRecord | None:
+        """The record for a cookie value, or ``None`` (logged) when it is malformed,
+        forged, unknown or expired. Only :class:`BackendError` escapes."""
+        try:
+            record = await self.backend.load(token, now=now)
+        except InvalidToken as exc:
+            logger.warning("session token %s rejected: %s", fingerprint(token), exc)
+            return None
+        if record is None:
+            logger.info("session token %s is unknown or expired", fingerprint(token))
+        elif self.policy.is_expired(record, now):
+            logger.info("session %s expired", fingerprint(token))
+            return None
+        return record
 
     async def _commit(
         self, message: Message, session: Session, token: str | None, seen: tuple[str, ...]
@@ -294,7 +313,7 @@ class SessionMiddleware:
         record.reissue = False
         session._record = record
         session.modified = session._replace = session._rotate = False
-        session._changed.clear()
+        session._changed = frozenset()
         session._expiry = None
         return value
 
@@ -366,6 +385,10 @@ def _delta(session: Session, *, replace: bool) -> Delta:
         else:
             removed.add(key)
     return Delta(updates=updates, removed=frozenset(removed))
+
+
+async def _done() -> None:
+    """An awaitable that does nothing: messages after a replaced response."""
 
 
 async def _unavailable(scope: Scope, send: Send) -> None:

@@ -41,19 +41,19 @@ class Session(dict[str, Any]):
     session was loaded for this request.
     """
 
-    __slots__ = (
-        "_changed",
-        "_check",
-        "_expiry",
-        "_invalidated",
-        "_loaded_at",
-        "_policy",
-        "_record",
-        "_replace",
-        "_rotate",
-        "accessed",
-        "modified",
-    )
+    # Class-level defaults: a request that never touches its session pays for no
+    # attribute writes (this object is built on every request).
+    accessed: bool = False
+    modified: bool = False
+    _record: SessionRecord | None = None
+    _check: _Check | None = None
+    _policy: ExpiryPolicy | None = None
+    _loaded_at: float | None = None
+    _changed: set[str] | frozenset[str] = frozenset()  # a set from the first change on
+    _replace: bool = False
+    _rotate: bool = False
+    _invalidated: bool = False
+    _expiry: _Expiry | None = None
 
     def __init__(
         self,
@@ -66,17 +66,11 @@ class Session(dict[str, Any]):
     ) -> None:
         if data:
             super().__init__(data)
-        self.accessed = False
-        self.modified = False
-        self._record = record
+        if record is not None:
+            self._record = record
+            self._loaded_at = now
         self._check = check
         self._policy = policy
-        self._loaded_at = now
-        self._changed: set[str] = set()
-        self._replace = False
-        self._rotate = False
-        self._invalidated = False
-        self._expiry: _Expiry | None = None
 
     # -- Starlette compatibility -----------------------------------------------
 
@@ -128,7 +122,10 @@ class Session(dict[str, Any]):
     def _changing(self, key: str) -> None:
         self.accessed = True
         self.modified = True
-        self._changed.add(key)
+        changed = self._changed
+        if type(changed) is frozenset:
+            changed = self._changed = set()
+        changed.add(key)  # type: ignore[union-attr]
 
     def __setitem__(self, key: str, value: Any) -> None:
         if self._check is not None:
@@ -143,7 +140,8 @@ class Session(dict[str, Any]):
         self._changing(key)
 
     def clear(self) -> None:
-        self._changed.update(super().keys())
+        for key in list(super().keys()):
+            self._changing(key)
         self.accessed = True
         self.modified = True
         super().clear()
@@ -290,3 +288,15 @@ class Session(dict[str, Any]):
 
     def __repr__(self) -> str:
         return f"Session({dict.__repr__(self)})"
+
+
+_new = dict.__new__
+
+
+def empty_session(check: _Check | None, policy: ExpiryPolicy | None) -> Session:
+    """A new, empty :class:`Session`: what ``Session(check=..., policy=...)`` builds,
+    without the keyword-argument call (it runs on every anonymous request)."""
+    session: Session = _new(Session)
+    session._check = check
+    session._policy = policy
+    return session
