@@ -166,7 +166,20 @@ def test_owns_recognises_our_cookie_and_chunks_only() -> None:
     ).map(lambda parts: b"; ".join(parts))
 )
 def test_arbitrary_cookie_bytes_never_escape_the_middleware(header: bytes) -> None:
-    middleware = SessionMiddleware(session_app)
+    for middleware in MIDDLEWARES:
+        _drive(middleware, header)
+
+
+def _jwt_middleware() -> SessionMiddleware:
+    from asgi_sessions import JWTBackend
+
+    return SessionMiddleware(session_app, backend=JWTBackend("k" * 32))
+
+
+MIDDLEWARES = [SessionMiddleware(session_app), _jwt_middleware()]
+
+
+def _drive(middleware: SessionMiddleware, header: bytes) -> None:
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
