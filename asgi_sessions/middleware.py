@@ -112,13 +112,40 @@ class SessionMiddleware:
         self.fail_open = fail_open
         self.clock = clock
         self._check = backend.serializer.check
+        self._cookie_bytes = cookie_name.encode("latin-1")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind != "http" and kind != "websocket":
+        if kind == "http":
+            name = self._cookie_bytes
+            has_cookie = False
+            for key, value in scope["headers"]:
+                if key == b"cookie" and name in value:
+                    has_cookie = True
+                    break
+            if not has_cookie:
+                # The anonymous request, kept lean (DESIGN §6 allows it 20% over the
+                # bare app): a new empty session, no clock, no backend, no cookie
+                # parsing, and no coroutine of ours unless the app touches the session.
+                session = scope["session"] = empty_session(self._check, self.policy)
+
+                def send_new(message: Message) -> Awaitable[None]:
+                    if session.accessed and message["type"] == "http.response.start":
+                        return self._commit_new(message, session, scope, send)
+                    if session._replaced:
+                        return _done()
+                    return send(message)
+
+                await self.app(scope, receive, send_new)
+                return
+        elif kind != "websocket":
             await self.app(scope, receive, send)
             return
+        await self._call(scope, receive, send, kind)
 
+    async def _call(self, scope: Scope, receive: Receive, send: Send, kind: str) -> None:
+        # Requests with a session cookie, and WebSockets. A frame of its own keeps
+        # __call__ small: Python creates all of a function's closure cells on entry.
         read = self.cookie.read(scope["headers"])
         token = read.value
         if token is None:
@@ -152,16 +179,11 @@ class SessionMiddleware:
 
         async def commit_then_send(message: Message) -> None:
             nonlocal replaced, token
-            try:
-                token = await self._commit(message, session, token, read.names)
-            except BackendError as exc:
-                if not self.fail_open:
-                    logger.error("session store failed on commit, answering 503: %s", exc)
-                    replaced = True
-                    await _unavailable(scope, send)
-                    return
-                logger.warning("session store failed on commit, session not saved: %s", exc)
-            await send(message)
+            token, replaced = await self._guarded_commit(
+                message, session, token, read.names, scope, send
+            )
+            if not replaced:
+                await send(message)
 
         # A plain function returning the awaitable: messages that need no commit go
         # straight to the server's send without a coroutine of ours around them.
@@ -200,6 +222,36 @@ class SessionMiddleware:
             raise
         if not replaced:
             await self._commit_after_socket(session, token)
+
+    async def _commit_new(
+        self, message: Message, session: Session, scope: Scope, send: Send
+    ) -> None:
+        _, replaced = await self._guarded_commit(message, session, None, (), scope, send)
+        if replaced:
+            session._replaced = True  # the app's body messages are dropped
+        else:
+            await send(message)
+
+    async def _guarded_commit(
+        self,
+        message: Message,
+        session: Session,
+        token: str | None,
+        seen: tuple[str, ...],
+        scope: Scope,
+        send: Send,
+    ) -> tuple[str | None, bool]:
+        """:meth:`_commit` under the store-failure policy. Returns the token in force
+        and whether a 503 was sent in place of ``message``."""
+        try:
+            return await self._commit(message, session, token, seen), False
+        except BackendError as exc:
+            if not self.fail_open:
+                logger.error("session store failed on commit, answering 503: %s", exc)
+                await _unavailable(scope, send)
+                return token, True
+            logger.warning("session store failed on commit, session not saved: %s", exc)
+            return token, False
 
     async def _load(self, token: str, now: float) -> SessionRecord | None:
         """The record for a cookie value, or ``None`` (logged) when it is malformed,

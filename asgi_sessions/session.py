@@ -54,6 +54,8 @@ class Session(dict[str, Any]):
     _rotate: bool = False
     _invalidated: bool = False
     _expiry: _Expiry | None = None
+    # Set by the middleware when a store failure replaced the response with a 503.
+    _replaced: bool = False
 
     def __init__(
         self,

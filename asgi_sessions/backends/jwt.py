@@ -21,6 +21,7 @@ import json
 import math
 import re
 import secrets
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -275,7 +276,9 @@ class JWTBackend:
         self.cache_size = cache_size
         self._keys = prepared
         self._signer = signer
-        self._cache: dict[str, _Verified] = {}
+        # OrderedDict: popitem(last=False) is O(1), where deleting a plain dict's
+        # first key rescans the deleted slots at its front on every eviction.
+        self._cache: OrderedDict[str, _Verified] = OrderedDict()
         self._encoder = json.JSONEncoder(
             ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=False
         )
@@ -366,7 +369,7 @@ class JWTBackend:
         if len(cache) >= self.cache_size:
             if not self.cache_size:
                 return
-            del cache[next(iter(cache))]
+            cache.popitem(last=False)
         cache[token] = entry
 
     def _issue(self, record: SessionRecord, raw: str, *, now: float, ttl: int) -> str:
