@@ -1,0 +1,787 @@
+"""In-process benchmark: every row of ``benchmarks.rows`` driven by a hand-made ASGI
+loop (no server, no network), side by side, in one asyncio event loop.
+
+    python -m benchmarks.inprocess [--rounds N] [--requests N] [--quick]
+                                   [--only ROWS] [--scenarios KEYS]
+                                   [--markdown-out FILE] [--strict-bars]
+                                   [--profile ROW:SCENARIO ...]
+
+Method: a *cell* is one (row, scenario) pair; a *sample* times ``--requests``
+back-to-back requests of one cell with ``time.perf_counter_ns``. Each round takes
+one sample of every cell: the scenarios in a shuffled order and, within a scenario,
+the rows back to back in a shuffled order, so drift and bursts of load from other
+processes hit every row alike and a row is always timed within a fraction of a
+second of the ``bare`` floor it is compared with. A cell's µs is the median over
+rounds of each sample's mean; its ratio (and overhead) is the median over rounds of
+the sample divided by (minus) the same round's ``bare`` sample. ``gc.collect()``
+runs before each sample, never inside one, and ``gc.freeze()`` then parks the
+survivors so no collection rescans a heap that other cells grew (the memory
+backend's sessions). A sample during which the process lost the CPU is retaken.
+
+Correctness is checked outside the timed region, before the first sample and again
+after every sample: the scenario really happened (the read saw the stored value,
+the write emitted a Set-Cookie whose value reads back, untouched sessions sent no
+Set-Cookie unless the row is known to always re-send it) and the asgi_sessions
+logger stayed silent. Any misbehaviour marks the row BROKEN and exits 1, so
+``python -m benchmarks.inprocess --quick`` doubles as a CI smoke check.
+
+Exit status: 0 fine, 1 a row misbehaved, 2 a DESIGN §6 bar failed (only with
+``--strict-bars``). Rows that cannot run here (e.g. a backend that does not import)
+are skipped with a note and do not change the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import io
+import logging
+import pstats
+import random
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starlette.types import ASGIApp, Message
+
+from benchmarks.report import environment_lines, git_revision, source_digest
+from benchmarks.rows import (
+    ROWS,
+    SCENARIOS,
+    USER,
+    Row,
+    RowUnavailable,
+    Scenario,
+    make_app,
+)
+
+MODULE = "benchmarks.inprocess"
+FULL = (80, 400)  # rounds, requests per sample: 1.5 to 2.5 minutes on 2 cores
+QUICK = (8, 200)
+
+# The same request line and headers for every row; only the Cookie header differs.
+BASE_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"host", b"bench.example"),
+    (b"user-agent", b"asgi-sessions-benchmark/1.0"),
+    (b"accept", b"text/plain,*/*;q=0.8"),
+    (b"accept-encoding", b"gzip, deflate, br"),
+    (b"accept-language", b"en-US,en;q=0.5"),
+]
+# The floor carries a cookie of typical size in the cookie scenarios; nothing reads it.
+BARE_COOKIE = b"session=" + b"x" * 160
+
+# A sample during which this process ran less than this share of the wall time
+# (another process had the CPU) is taken again, at most RETAKES times.
+CPU_SHARE = 0.95
+RETAKES = 2
+
+# The JWT read bar is checked for the default backend (a returning browser's token
+# is a cache hit) and for one that verifies every request (a token seen first).
+JWT_READ_ROWS = ("ours-jwt", "ours-jwt-nocache")
+S1_RATIO_BAR = 1.2
+
+
+# -- the ASGI loop -----------------------------------------------------------------
+
+_REQUEST: Message = {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _receive() -> Message:
+    return _REQUEST
+
+
+async def _discard(message: Message) -> None:
+    return None
+
+
+def make_scope(
+    path: str, cookie: bytes | None, session: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    headers = list(BASE_HEADERS)
+    if cookie is not None:
+        headers.append((b"cookie", cookie))
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode("ascii"),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    if session is not None:
+        scope["session"] = session
+    return scope
+
+
+async def timed(app: ASGIApp, template: dict[str, Any], requests: int) -> int:
+    """Nanoseconds for ``requests`` requests; each gets a shallow copy of the scope
+    (the app adds keys to it), the headers list is shared and never mutated."""
+    copy = template.copy
+    receive = _receive
+    send = _discard
+    start = time.perf_counter_ns()
+    for _ in range(requests):
+        await app(copy(), receive, send)
+    return time.perf_counter_ns() - start
+
+
+@dataclass(slots=True)
+class Response:
+    status: int = 0
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytes = b""
+
+    def set_cookies(self) -> list[bytes]:
+        return [value for key, value in self.headers if key.lower() == b"set-cookie"]
+
+
+async def call(app: ASGIApp, scope: dict[str, Any]) -> Response:
+    response = Response()
+
+    async def capture(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            response.status = message["status"]
+            response.headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", [])]
+        elif message["type"] == "http.response.body":
+            response.body += message.get("body", b"")
+
+    await app(scope, _receive, capture)
+    return response
+
+
+def cookie_header(response: Response, name: str) -> bytes | None:
+    """The Cookie header a browser would send back for the session cookie (or its
+    chunks) set by ``response``; ``None`` if none was set."""
+    prefix = name.encode("latin-1")
+    pairs = []
+    for value in response.set_cookies():
+        pair, _, attributes = value.partition(b";")
+        key, eq, content = pair.strip().partition(b"=")
+        lowered = attributes.lower()
+        if not eq or b"max-age=0" in lowered or b"expires=thu, 01 jan 1970" in lowered:
+            continue
+        if key == prefix or key.startswith(prefix + b"."):
+            pairs.append(key + b"=" + content)
+    return b"; ".join(pairs) if pairs else None
+
+
+# -- cells and checks --------------------------------------------------------------
+
+
+class Misbehaviour(Exception):
+    """A row did not do what the scenario needs."""
+
+
+class LogWatch(logging.Handler):
+    """Counts warnings of the asgi_sessions logger: a healthy run emits none."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+        self.last = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        self.last = record.getMessage()
+
+
+@dataclass(slots=True)
+class Cell:
+    name: str
+    row: Row
+    scenario: Scenario
+    cookie: bytes | None
+    template: dict[str, Any]
+    samples: dict[int, float] = field(default_factory=dict)  # round -> µs per request
+    commands: int | None = None
+
+
+def expects_set_cookie(row: Row, scenario: Scenario) -> bool:
+    if row.plain_session:
+        return False
+    return scenario.writes or (scenario.cookie and row.resaves_unchanged)
+
+
+async def check(cell: Cell, watch: LogWatch) -> list[str]:
+    """What is wrong with this cell's behaviour (empty when it does what it says)."""
+    try:
+        return await _check(cell, watch)
+    except Exception as exc:
+        return [f"raised {exc!r}"]
+
+
+async def _check(cell: Cell, watch: LogWatch) -> list[str]:
+    row, scenario = cell.row, cell.scenario
+    problems = []
+    warnings_before = watch.count
+    commands_before = row.commands() if row.commands is not None else 0
+    response = await call(row.app, cell.template.copy())
+    if row.commands is not None:
+        cell.commands = row.commands() - commands_before
+    body = response.body.decode("utf-8", "replace")
+    if response.status != 200:
+        problems.append(f"status {response.status}")
+    if scenario.reads:
+        if body != USER:
+            problems.append(f"read saw {body!r}, expected the stored {USER!r}")
+    elif scenario.writes:
+        if not body.isdigit():
+            problems.append(f"write handler answered {body!r}")
+    elif body != "ok":
+        problems.append(f"answered {body!r}")
+
+    set_cookies = response.set_cookies()
+    if expects_set_cookie(row, scenario):
+        if not set_cookies:
+            problems.append("no Set-Cookie")
+    elif set_cookies:
+        problems.append(f"unexpected Set-Cookie {set_cookies[0][:60]!r}")
+
+    if scenario.writes and body.isdigit():
+        if row.plain_session:
+            stored = cell.template["session"].get("n")
+            if str(stored) != body:
+                problems.append(f"write stored {stored!r}, handler wrote {body}")
+        else:
+            cookie = cookie_header(response, row.cookie_name)
+            if cookie is None:
+                problems.append("the write's Set-Cookie carries no session cookie")
+            else:
+                peek = await call(row.app, make_scope("/peek", cookie))
+                seen = peek.body.decode("utf-8", "replace")
+                if seen != body:
+                    problems.append(f"wrote {body}, its cookie reads back {seen!r}")
+    if watch.count != warnings_before:
+        problems.append(f"asgi_sessions logged a warning: {watch.last!r}")
+    return problems
+
+
+async def login(row: Row) -> bytes:
+    """A real cookie for ``row``: one /login request through the row itself."""
+    response = await call(row.app, make_scope("/login", None))
+    cookie = cookie_header(response, row.cookie_name)
+    if response.status != 200 or cookie is None:
+        raise Misbehaviour(f"login answered {response.status} without a session cookie")
+    return cookie
+
+
+async def build_cells(
+    names: Sequence[str],
+    scenarios: Sequence[Scenario],
+    notes: list[str],
+    broken: dict[str, list[str]],
+) -> tuple[list[Cell], list[Row]]:
+    """Build every row (skipping those unavailable here) and log each one in."""
+    cells = []
+    rows = []
+    for name in names:
+        spec = ROWS[name]
+        try:
+            row = await spec.factory(make_app())
+        except RowUnavailable as exc:
+            notes.append(f"**{name} skipped**: {exc}")
+            print(f"note: row {name} skipped: {exc}", file=sys.stderr)
+            continue
+        rows.append(row)
+        cookie = None
+        if not row.plain_session and any(s.cookie for s in scenarios):
+            try:
+                cookie = await login(row)
+            except Exception as exc:
+                broken.setdefault(name, []).append(f"login: {exc}")
+        for scenario in scenarios:
+            if row.plain_session:
+                data: dict[str, Any] | None = {"user": USER, "n": 0} if scenario.cookie else {}
+                sent = BARE_COOKIE if scenario.cookie else None
+            else:
+                data = None
+                sent = cookie if scenario.cookie else None
+            template = make_scope(scenario.path, sent, data)
+            cells.append(Cell(name, row, scenario, sent, template))
+    return cells, rows
+
+
+# -- the run -----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Outcome:
+    cells: list[Cell]
+    broken: dict[str, list[str]]  # row name -> problems
+    notes: list[str]
+    seconds: float
+    revision: str = "unknown"
+
+
+async def sample(cell: Cell, requests: int) -> tuple[int, bool]:
+    """One timed sample: nanoseconds, and whether this process had the CPU."""
+    cpu_start = time.process_time_ns()
+    elapsed = await timed(cell.row.app, cell.template, requests)
+    return elapsed, time.process_time_ns() - cpu_start >= CPU_SHARE * elapsed
+
+
+async def run(
+    names: Sequence[str],
+    scenarios: Sequence[Scenario],
+    rounds: int,
+    requests: int,
+    seed: int,
+    progress: bool,
+) -> Outcome:
+    started = time.perf_counter()
+    watch = LogWatch()
+    package_logger = logging.getLogger("asgi_sessions")
+    package_logger.addHandler(watch)
+    notes: list[str] = []
+    broken: dict[str, list[str]] = {}
+    retaken = contended = 0
+
+    def fail(cell: Cell, problems: list[str]) -> None:
+        for problem in problems:
+            broken.setdefault(cell.name, []).append(f"{cell.scenario.key}: {problem}")
+
+    try:
+        cells, rows = await build_cells(names, scenarios, notes, broken)
+        for cell in cells:
+            if cell.name not in broken and (problems := await check(cell, watch)):
+                fail(cell, problems)
+
+        # Warm up every cell (imports, caches, specialisation) before measuring.
+        for cell in cells:
+            if cell.name not in broken:
+                try:
+                    await timed(cell.row.app, cell.template, max(20, requests // 5))
+                except Exception as exc:
+                    fail(cell, [f"raised {exc!r} in the warm-up"])
+
+        # The rows of one scenario run back to back (in a fresh order each round), so
+        # a row and the floor it is compared with are timed within a fraction of a
+        # second of each other: the paired ratios survive bursts of load from other
+        # processes, which on a shared machine slow everything down for seconds.
+        groups = [[c for c in cells if c.scenario is s] for s in scenarios]
+        rng = random.Random(seed)
+        next_report = started + 10
+        gc.collect()
+        gc.freeze()
+        for round_number in range(rounds):
+            rng.shuffle(groups)
+            for group in groups:
+                rng.shuffle(group)
+                for cell in group:
+                    if cell.name in broken:
+                        continue
+                    warnings_before = watch.count
+                    for attempt in range(RETAKES + 1):
+                        # Collect between samples, never inside one. Freezing what
+                        # survives keeps each collection (and any inside a sample)
+                        # from scanning the whole heap, such as every session the
+                        # memory backend holds by now.
+                        gc.collect()
+                        gc.freeze()
+                        try:
+                            elapsed, had_cpu = await sample(cell, requests)
+                        except Exception as exc:
+                            fail(cell, [f"raised {exc!r} while timed"])
+                            break
+                        if had_cpu:
+                            break
+                        if attempt < RETAKES:
+                            retaken += 1
+                        else:
+                            contended += 1
+                    if cell.name in broken:
+                        continue
+                    cell.samples[round_number] = elapsed / requests / 1000
+                    problems = await check(cell, watch)
+                    if watch.count != warnings_before and not problems:
+                        problems = [f"asgi_sessions logged a warning: {watch.last!r}"]
+                    if problems:
+                        fail(cell, problems)
+            if progress and time.perf_counter() >= next_report:
+                next_report += 10
+                print(
+                    f"round {round_number + 1}/{rounds} ({time.perf_counter() - started:.0f} s)",
+                    file=sys.stderr,
+                )
+        for row in rows:
+            if row.aclose is not None:
+                await row.aclose()
+    finally:
+        gc.unfreeze()
+        package_logger.removeHandler(watch)
+    if retaken or contended:
+        notes.append(
+            f"{retaken} samples were retaken because another process had the CPU for over "
+            f"{100 - 100 * CPU_SHARE:.0f}% of them; {contended} stayed contended after "
+            f"{RETAKES} retakes and were kept"
+        )
+    return Outcome(cells, broken, notes, time.perf_counter() - started)
+
+
+async def profile(name: str, key: str, requests: int, top: int) -> tuple[str, bool]:
+    """cProfile of one cell's hot loop (after a check and a warm-up): the ``top``
+    functions by own time, and whether the cell behaved."""
+    scenario = next(s for s in SCENARIOS if s.key == key)
+    notes: list[str] = []
+    broken: dict[str, list[str]] = {}
+    cells, _ = await build_cells([name], [scenario], notes, broken)
+    if broken:
+        return f"{name} {key} BROKEN: " + "; ".join(broken[name]) + "\n", False
+    if not cells:
+        return "\n".join(notes) + "\n", True
+    cell = cells[0]
+    watch = LogWatch()
+    logging.getLogger("asgi_sessions").addHandler(watch)
+    try:
+        if problems := await check(cell, watch):
+            return f"{name} {key} BROKEN: " + "; ".join(problems) + "\n", False
+        await timed(cell.row.app, cell.template, max(20, requests // 5))
+        gc.collect()
+        profiler = cProfile.Profile()
+        profiler.enable()
+        await timed(cell.row.app, cell.template, requests)
+        profiler.disable()
+    finally:
+        logging.getLogger("asgi_sessions").removeHandler(watch)
+    stream = io.StringIO()
+    stats = pstats.Stats(profiler, stream=stream)
+    stats.sort_stats(pstats.SortKey.TIME).print_stats(top)
+    overall = stream.getvalue()
+    stream.seek(0)
+    stream.truncate()
+    # The same profile restricted to the package, which the overall list buries
+    # under Starlette's own frames.
+    stats.print_stats("asgi_sessions", top)
+    ours = stream.getvalue()
+    ours = ours[ours.find("   ncalls") :] if "   ncalls" in ours else ours
+    title = f"## cProfile: {name}, {key} ({scenario.title}), {requests} requests, by tottime"
+    return f"{title}\n{overall}\n### only asgi_sessions functions\n\n{ours}", True
+
+
+# -- the report --------------------------------------------------------------------
+
+
+def _quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+@dataclass(slots=True)
+class Figures:
+    """What the report says about one cell, against the floor of its scenario."""
+
+    micros: float  # median µs per request
+    ratios: list[float]  # per round: this cell / bare, same round
+    overheads: list[float]  # per round: this cell - bare, same round (µs)
+
+    @property
+    def ratio(self) -> float | None:
+        return statistics.median(self.ratios) if self.ratios else None
+
+    @property
+    def overhead(self) -> float | None:
+        return statistics.median(self.overheads) if self.overheads else None
+
+
+def figures(outcome: Outcome) -> dict[tuple[str, str], Figures]:
+    grid = {(c.name, c.scenario.key): c for c in outcome.cells}
+    result = {}
+    for (name, key), cell in grid.items():
+        if name in outcome.broken or not cell.samples:
+            continue
+        floor = grid.get(("bare", key))
+        floor_samples = floor.samples if floor is not None and "bare" not in outcome.broken else {}
+        pairs = [(v, floor_samples[r]) for r, v in cell.samples.items() if r in floor_samples]
+        result[(name, key)] = Figures(
+            micros=statistics.median(cell.samples.values()),
+            ratios=[v / f for v, f in pairs],
+            overheads=[v - f for v, f in pairs],
+        )
+    return result
+
+
+def render(
+    outcome: Outcome,
+    names: Sequence[str],
+    scenarios: Sequence[Scenario],
+    rounds: int,
+    requests: int,
+) -> tuple[str, bool]:
+    """The markdown report, and whether every measured DESIGN §6 bar holds."""
+    grid = {(c.name, c.scenario.key): c for c in outcome.cells}
+    table = figures(outcome)
+    measured = [n for n in names if any(c.name == n for c in outcome.cells)]
+
+    lines = ["# asgi-sessions in-process benchmark", ""]
+    lines += environment_lines(MODULE, outcome.revision)
+    lines += [
+        f"- method: {rounds} rounds x {requests} requests per sample; each round runs the "
+        "scenarios in a shuffled order and, within a scenario, every row back to back in a "
+        "shuffled order; µs is the median over rounds of each sample's mean; the ratio and "
+        "the overhead are medians over rounds of the row paired with `bare` of the same "
+        f"round and scenario; the run took {outcome.seconds:.0f} s",
+        "",
+        "µs per request (ratio to `bare` in the same scenario):",
+        "",
+    ]
+    header = ["row", *(f"{s.key}: {s.title}" for s in scenarios), "Redis cmds/req"]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|---" + "|---:" * len(scenarios) + "|:---:|")
+    for name in measured:
+        texts = []
+        for scenario in scenarios:
+            fig = table.get((name, scenario.key))
+            if name in outcome.broken:
+                texts.append("BROKEN")
+            elif fig is None:
+                texts.append("-")
+            elif fig.ratio is None:
+                texts.append(f"{fig.micros:.1f} µs")
+            else:
+                texts.append(f"{fig.micros:.1f} µs ({fig.ratio:.2f}x)")
+        counts = [grid[(name, s.key)].commands for s in scenarios if (name, s.key) in grid]
+        if all(c is None for c in counts):
+            commands = "-"
+        else:
+            commands = "/".join("?" if c is None else str(c) for c in counts)
+        lines.append(f"| {name} | " + " | ".join(texts) + f" | {commands} |")
+
+    lines += [
+        "",
+        "Noise: the per-round ratio to `bare`, 25th to 75th percentile "
+        "(for `bare`: its µs, same percentiles):",
+        "",
+    ]
+    lines.append("| row | " + " | ".join(s.key for s in scenarios) + " |")
+    lines.append("|---" + "|---:" * len(scenarios) + "|")
+    for name in measured:
+        spreads = []
+        for scenario in scenarios:
+            fig = table.get((name, scenario.key))
+            if fig is None:
+                spreads.append("-")
+            elif name == "bare":
+                q1, _, q3 = _quartiles(list(grid[(name, scenario.key)].samples.values()))
+                spreads.append(f"{q1:.1f}-{q3:.1f} µs")
+            elif fig.ratios:
+                q1, _, q3 = _quartiles(fig.ratios)
+                spreads.append(f"{q1:.2f}-{q3:.2f}x")
+            else:
+                spreads.append("-")
+        lines.append(f"| {name} | " + " | ".join(spreads) + " |")
+
+    keys = [s.key for s in scenarios if s.key in ("s1", "s2")]
+    compared = [n for n in ("starlette", *JWT_READ_ROWS, "ours-memory") if n in measured]
+    if keys and compared and "bare" in measured:
+        lines += ["", "Overhead over `bare`, µs per request (median of per-round pairs):", ""]
+        lines.append("| scenario | " + " | ".join(compared) + " |")
+        lines.append("|---" + "|---:" * len(compared) + "|")
+        for key in keys:
+            texts = []
+            for name in compared:
+                fig = table.get((name, key))
+                overhead = None if fig is None else fig.overhead
+                texts.append("-" if overhead is None else f"{overhead:+.2f}")
+            lines.append(f"| {key} | " + " | ".join(texts) + " |")
+
+    lines += ["", "DESIGN §6 bars:", ""]
+    all_hold = True
+    for name in (n for n in measured if n.startswith("ours-")):
+        fig = table.get((name, "s1"))
+        if fig is None or fig.ratio is None:
+            continue
+        ok = fig.ratio <= S1_RATIO_BAR
+        all_hold &= ok
+        q1, _, q3 = _quartiles(fig.ratios)
+        lines.append(
+            f"- {'PASS' if ok else 'FAIL'}: s1 (no cookie, untouched) {name} is "
+            f"{fig.ratio:.2f}x bare (quartiles {q1:.2f}-{q3:.2f}; bar: within {S1_RATIO_BAR}x)"
+        )
+    star = grid.get(("starlette", "s2"))
+    star_fig = table.get(("starlette", "s2"))
+    for jwt_name in JWT_READ_ROWS:
+        jwt, jwt_fig = grid.get((jwt_name, "s2")), table.get((jwt_name, "s2"))
+        if (
+            jwt is None
+            or star is None
+            or jwt_fig is None
+            or star_fig is None
+            or jwt_fig.overhead is None
+            or star_fig.overhead is None
+        ):
+            if jwt_name in names and "s2" in {s.key for s in scenarios}:
+                lines.append(
+                    f"- NOT MEASURED: s2 {jwt_name} vs starlette (a row is missing or broken)"
+                )
+            continue
+        # Same round, same scenario: jwt - starlette is their difference in overhead.
+        differences = [v - star.samples[r] for r, v in jwt.samples.items() if r in star.samples]
+        ok = statistics.median(differences) < 0
+        all_hold &= ok
+        share = sum(d < 0 for d in differences) / len(differences)
+        lines.append(
+            f"- {'PASS' if ok else 'FAIL'}: s2 (cookie, read) {jwt_name} overhead "
+            f"{jwt_fig.overhead:.2f} µs vs starlette {star_fig.overhead:.2f} µs; {jwt_name} "
+            f"was faster in {100 * share:.0f}% of rounds (bar: less overhead than "
+            "Starlette's SessionMiddleware)"
+        )
+    lines.append(
+        "- not measured here: the Redis bars (no Redis rows yet) and flat memory over a "
+        "million requests"
+    )
+
+    lines += ["", "Rows:", ""]
+    lines += [f"- `{n}`: {ROWS[n].description}" for n in names]
+    lines += ["", "Scenarios:", ""]
+    lines += [f"- {s.key}: {s.title} (`GET {s.path}`)" for s in scenarios]
+    lines += [
+        "",
+        "Notes:",
+        "",
+        "- `bare` has no session middleware; the harness puts a plain dict into "
+        "`scope['session']` so the same handlers run, and sends a dummy cookie of "
+        "typical size in the cookie scenarios.",
+        "- starsessions re-signs and re-sends its cookie on every response of a non-empty "
+        "session, so its s2/s5 include a Set-Cookie; ours and Starlette's send none there.",
+        "- Cookie scenarios reuse one login cookie per row; s3 writes a new value each "
+        "request on that same cookie; s4 creates a new session each request (for "
+        "`ours-memory` the store keeps growing; past 100,000 sessions it evicts).",
+    ]
+    lines += [f"- {note}" for note in outcome.notes]
+    for name, problems in outcome.broken.items():
+        lines.append(f"- **{name} BROKEN** (not timed further): " + "; ".join(problems[:5]))
+    return "\n".join(lines) + "\n", all_hold
+
+
+# -- command line ------------------------------------------------------------------
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {MODULE}",
+        description="In-process benchmark of session middlewares (DESIGN §6).",
+    )
+    parser.add_argument("--rounds", type=int, help=f"rounds (default {FULL[0]})")
+    parser.add_argument("--requests", type=int, help=f"requests per sample (default {FULL[1]})")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"fast smoke run: {QUICK[0]} rounds x {QUICK[1]} requests",
+    )
+    parser.add_argument(
+        "--only",
+        type=_csv,
+        metavar="ROWS",
+        help=f"comma-separated rows ({', '.join(ROWS)}); bare is always included",
+    )
+    parser.add_argument(
+        "--scenarios",
+        type=_csv,
+        metavar="KEYS",
+        help=f"comma-separated scenarios ({', '.join(s.key for s in SCENARIOS)})",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle (default 0)")
+    parser.add_argument("--markdown-out", type=Path, metavar="FILE", help="also write here")
+    parser.add_argument(
+        "--strict-bars", action="store_true", help="exit 2 when a DESIGN §6 bar fails"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument(
+        "--profile",
+        action="append",
+        metavar="ROW:SCENARIO",
+        help="instead of the benchmark, cProfile one cell's loop (repeatable), e.g. ours-jwt:s2",
+    )
+    parser.add_argument(
+        "--profile-top", type=int, default=15, metavar="N", help="functions to list (15)"
+    )
+    args = parser.parse_args(argv)
+    default_rounds, default_requests = QUICK if args.quick else FULL
+    args.rounds = default_rounds if args.rounds is None else args.rounds
+    args.requests = default_requests if args.requests is None else args.requests
+    if args.rounds < 1 or args.requests < 1:
+        parser.error("--rounds and --requests must be at least 1")
+    names = list(ROWS)
+    if args.only:
+        unknown = sorted(set(args.only) - set(ROWS))
+        if unknown:
+            parser.error(f"unknown rows {', '.join(unknown)}; choose from {', '.join(ROWS)}")
+        names = [n for n in ROWS if n == "bare" or n in args.only]
+    args.names = names
+    scenarios = list(SCENARIOS)
+    if args.scenarios:
+        known = {s.key for s in SCENARIOS}
+        unknown = sorted(set(args.scenarios) - known)
+        if unknown:
+            parser.error(f"unknown scenarios {', '.join(unknown)}; choose from {sorted(known)}")
+        scenarios = [s for s in SCENARIOS if s.key in args.scenarios]
+    args.scenario_list = scenarios
+    cells = []
+    for item in args.profile or ():
+        name, _, key = item.partition(":")
+        if name not in ROWS or key not in {s.key for s in SCENARIOS}:
+            parser.error(f"--profile wants ROW:SCENARIO such as ours-jwt:s2, got {item!r}")
+        cells.append((name, key))
+    args.profile_cells = cells
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.profile_cells:
+        behaved = True
+        for name, key in args.profile_cells:
+            text, ok = asyncio.run(profile(name, key, args.requests, args.profile_top))
+            behaved &= ok
+            print(text)
+        return 0 if behaved else 1
+    revision, digest = git_revision(), source_digest()
+    outcome = asyncio.run(
+        run(
+            args.names,
+            args.scenario_list,
+            args.rounds,
+            args.requests,
+            args.seed,
+            progress=not args.quiet,
+        )
+    )
+    outcome.revision = revision
+    if source_digest() != digest:
+        outcome.notes.append(
+            "**the asgi_sessions sources changed on disk during the run**: the figures "
+            f"are for the code as imported at the start ({revision}); run again"
+        )
+    text, bars_hold = render(outcome, args.names, args.scenario_list, args.rounds, args.requests)
+    print(text)
+    if args.markdown_out is not None:
+        args.markdown_out.write_text(text, encoding="utf-8")
+    if outcome.broken:
+        print(f"error: misbehaving rows: {', '.join(outcome.broken)}", file=sys.stderr)
+        return 1
+    if args.strict_bars and not bars_hold:
+        print("error: a DESIGN §6 bar failed", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
