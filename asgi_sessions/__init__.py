@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from asgi_sessions.backends.base import Delta, SessionBackend, SessionRecord
+from asgi_sessions.backends.base import (
+    Delta,
+    SessionBackend,
+    SessionInfo,
+    SessionRecord,
+    UserSessions,
+)
 from asgi_sessions.backends.memory import MemoryBackend
 from asgi_sessions.cookies import CookieSettings
 from asgi_sessions.errors import (
@@ -28,6 +34,8 @@ from asgi_sessions.session import Session
 
 if TYPE_CHECKING:
     from asgi_sessions.backends.jwt import JWTBackend, JWTKey
+    from asgi_sessions.backends.redis import RedisBackend
+    from asgi_sessions.msgpack_serializer import MsgpackSerializer
 
 __version__ = "0.1.0"
 
@@ -43,23 +51,33 @@ __all__ = [
     "JWTBackend",
     "JWTKey",
     "MemoryBackend",
+    "MsgpackSerializer",
+    "RedisBackend",
     "SerializationError",
     "Serializer",
     "Session",
     "SessionBackend",
     "SessionError",
     "SessionGone",
+    "SessionInfo",
     "SessionMiddleware",
     "SessionRecord",
     "SessionTooLarge",
+    "UserSessions",
     "__version__",
 ]
 
-_LAZY = {"JWTBackend": "asgi_sessions.backends.jwt", "JWTKey": "asgi_sessions.backends.jwt"}
+_LAZY = {
+    "JWTBackend": "asgi_sessions.backends.jwt",
+    "JWTKey": "asgi_sessions.backends.jwt",
+    "RedisBackend": "asgi_sessions.backends.redis",
+    "MsgpackSerializer": "asgi_sessions.msgpack_serializer",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # JWTBackend needs pyjwt (the "jwt" extra): import it only when asked for.
+    # JWTBackend needs pyjwt (the "jwt" extra), RedisBackend redis and msgpack (the
+    # "redis" extra): import them only when asked for.
     if name in _LAZY:
         import importlib
 

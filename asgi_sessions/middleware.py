@@ -19,7 +19,7 @@ from asgi_sessions.errors import (
     SessionTooLarge,
 )
 from asgi_sessions.policy import Action, ExpiryPolicy, decide, seconds
-from asgi_sessions.session import Session, empty_session
+from asgi_sessions.session import _UNSET, Session, empty_session
 
 __all__ = ["SessionMiddleware"]
 
@@ -155,7 +155,7 @@ class SessionMiddleware:
         else:
             now = self.clock()
             try:
-                record = await self._load(token, now)
+                record = await self._load(token, now, scope)
             except BackendError as exc:
                 if not self.fail_open:
                     logger.error("session store unavailable, answering 503: %s", exc)
@@ -218,10 +218,10 @@ class SessionMiddleware:
             # Frameworks end a socket that the client closed by raising from
             # receive() (Starlette's WebSocketDisconnect): a normal end, not a failure.
             if disconnected and not replaced:
-                await self._commit_after_socket(session, token)
+                await self._commit_after_socket(session, token, scope)
             raise
         if not replaced:
-            await self._commit_after_socket(session, token)
+            await self._commit_after_socket(session, token, scope)
 
     async def _commit_new(
         self, message: Message, session: Session, scope: Scope, send: Send
@@ -244,7 +244,7 @@ class SessionMiddleware:
         """:meth:`_commit` under the store-failure policy. Returns the token in force
         and whether a 503 was sent in place of ``message``."""
         try:
-            return await self._commit(message, session, token, seen), False
+            return await self._commit(message, session, token, seen, scope), False
         except BackendError as exc:
             if not self.fail_open:
                 logger.error("session store failed on commit, answering 503: %s", exc)
@@ -253,11 +253,14 @@ class SessionMiddleware:
             logger.warning("session store failed on commit, session not saved: %s", exc)
             return token, False
 
-    async def _load(self, token: str, now: float) -> SessionRecord | None:
+    async def _load(self, token: str, now: float, scope: Scope) -> SessionRecord | None:
         """The record for a cookie value, or ``None`` (logged) when it is malformed,
         forged, unknown or expired. Only :class:`BackendError` escapes."""
+        ip, user_agent = _client(scope)
         try:
-            record = await self.backend.load(token, now=now)
+            record = await self.backend.load(
+                token, now=now, policy=self.policy, ip=ip, user_agent=user_agent
+            )
         except InvalidToken as exc:
             logger.warning("session token %s rejected: %s", fingerprint(token), exc)
             return None
@@ -269,7 +272,12 @@ class SessionMiddleware:
         return record
 
     async def _commit(
-        self, message: Message, session: Session, token: str | None, seen: tuple[str, ...]
+        self,
+        message: Message,
+        session: Session,
+        token: str | None,
+        seen: tuple[str, ...],
+        scope: Scope,
     ) -> str | None:
         """Apply the commit rules at the start of the response; returns the token in
         force afterwards (``None`` when there is no stored session)."""
@@ -300,6 +308,14 @@ class SessionMiddleware:
             failed=message.get("status", 200) >= 500,
         )
         if action is Action.NOTHING:
+            if record is not None and record.refreshed and token is not None:
+                # The load already extended the expiry; slide the cookie's Max-Age.
+                record.refreshed = False
+                if not record.browser_session:
+                    self._set_cookies(
+                        headers,
+                        self.cookie.render(token, self.policy.cookie_max_age(record, now), seen),
+                    )
             return token
         if record is not None and record.read_only and action is not Action.DELETE:
             # A request on the grace alias of a rotated session: the browser already
@@ -311,7 +327,7 @@ class SessionMiddleware:
                 )
             return token
         try:
-            value = await self._apply(action, session, token, now, rotate=rotate)
+            value = await self._apply(action, session, token, now, scope, rotate=rotate)
         except SessionGone:
             logger.info(
                 "session %s was ended during the request; not re-created", fingerprint(token or "")
@@ -331,7 +347,14 @@ class SessionMiddleware:
         return value
 
     async def _apply(
-        self, action: Action, session: Session, token: str | None, now: float, *, rotate: bool
+        self,
+        action: Action,
+        session: Session,
+        token: str | None,
+        now: float,
+        scope: Scope,
+        *,
+        rotate: bool,
     ) -> str | None:
         """Carry out ``action`` on the backend and return the cookie value now in
         force (``None`` after a delete). Resets the session's change tracking so a
@@ -349,7 +372,13 @@ class SessionMiddleware:
             )
         if session._expiry is not None:
             record.idle_timeout, record.fixed_expiry, record.browser_session = session._expiry
+        if session._user is not _UNSET:
+            record.user_id = session._user
         record.last_seen = now
+        record.ip, record.user_agent = _client(scope)
+        record.absolute_expiry = self.policy.absolute_deadline(record)
+        if record.fixed_expiry is not None:
+            record.absolute_expiry = min(record.absolute_expiry, record.fixed_expiry)
         ttl = self.policy.ttl(record, now)
         if action is Action.SAVE:
             record.data = dict(dict.items(session))
@@ -367,9 +396,10 @@ class SessionMiddleware:
         session.modified = session._replace = session._rotate = False
         session._changed = frozenset()
         session._expiry = None
+        session._user = _UNSET
         return value
 
-    async def _commit_after_socket(self, session: Session, token: str | None) -> None:
+    async def _commit_after_socket(self, session: Session, token: str | None, scope: Scope) -> None:
         """Persist what a WebSocket changed after it was accepted. No cookie can be
         sent any more, so only changes that keep the cookie value are stored."""
         if token is None or session._record is None or session._record.read_only:
@@ -390,7 +420,7 @@ class SessionMiddleware:
         if session._rotate:
             logger.warning("rotate() during a WebSocket is ignored: the new cookie cannot be sent")
         try:
-            value = await self._apply(action, session, token, self.clock(), rotate=False)
+            value = await self._apply(action, session, token, self.clock(), scope, rotate=False)
         except SessionGone:
             logger.info("session %s ended while its WebSocket was open", fingerprint(token))
             return
@@ -415,6 +445,18 @@ class SessionMiddleware:
         headers.extend((b"set-cookie", v) for v in values)
         if not has_cache_control:
             headers.append(_NO_STORE)
+
+
+def _client(scope: Scope) -> tuple[str | None, str | None]:
+    """The client's address and user agent, for the per-user device list."""
+    client = scope.get("client")
+    ip = client[0] if client else None
+    user_agent = None
+    for key, value in scope["headers"]:
+        if key == b"user-agent":
+            user_agent = value[:256].decode("latin-1")
+            break
+    return ip, user_agent
 
 
 def _varies_on_cookie(headers: list[tuple[bytes, bytes]]) -> bool:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 __all__ = ["Session"]
 
 _Check = Callable[[str, Any], None]
+_UNSET: Any = object()  # bind_user() not called in this request
 # (idle override in seconds, fixed expiry timestamp, browser-session cookie)
 _Expiry = tuple[int | None, float | None, bool]
 
@@ -54,6 +55,7 @@ class Session(dict[str, Any]):
     _rotate: bool = False
     _invalidated: bool = False
     _expiry: _Expiry | None = None
+    _user: Any = _UNSET  # a pending bind_user() value
     # Set by the middleware when a store failure replaced the response with a 503.
     _replaced: bool = False
 
@@ -201,6 +203,29 @@ class Session(dict[str, Any]):
         cookie on this response."""
         self.clear()
         self._invalidated = True
+
+    def bind_user(self, user_id: str | None) -> None:
+        """Tie the session to ``user_id`` (usually at login) so the user can list and
+        revoke it; ``None`` unties it (at logout without invalidating).
+
+        Binding to a user other than the current one also rotates the session ID:
+        a privilege change always gets a new ID, even if ``rotate()`` was forgotten.
+        Server-side backends index the session under the user on this response.
+        """
+        if user_id is not None and (not isinstance(user_id, str) or not user_id):
+            raise ValueError("bind_user() takes a non-empty str user ID, or None")
+        if user_id != self.user_id:
+            self._rotate = True
+        self._user = user_id
+        self.accessed = True
+        self.modified = True
+
+    @property
+    def user_id(self) -> str | None:
+        """The user this session is bound to, including a bind_user() of this request."""
+        if self._user is not _UNSET:
+            return self._user  # type: ignore[no-any-return]
+        return None if self._record is None else self._record.user_id
 
     def set_expiry(self, value: int | float | timedelta | datetime | None) -> None:
         """Override this session's expiry (like Django's ``set_expiry``).

@@ -17,6 +17,7 @@ Message = dict[str, Any]
 
 async def session_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Raw ASGI app: /read, /untouched, /set?k=v, /del?k=, /rotate, /login?user=,
+    /bind?user= (bind_user: the per-user index),
     /invalidate, /clear, /expiry?s=, /fail500 (writes, then 500), /raise (writes,
     then raises before responding)."""
     assert scope["type"] == "http"
@@ -36,6 +37,9 @@ async def session_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         session.rotate()
     elif path == "/login":
         session.rotate()
+        session["user"] = query["user"]
+    elif path == "/bind":
+        session.bind_user(query["user"])
         session["user"] = query["user"]
     elif path == "/invalidate":
         session.invalidate()
@@ -66,14 +70,14 @@ class Recording:
         self.serializer = inner.serializer
         self.calls: list[str] = []
 
-    async def load(self, token: str, *, now: float) -> SessionRecord | None:
+    async def load(self, token: str, *, now: float, **context: Any) -> SessionRecord | None:
         try:
-            record = await self.inner.load(token, now=now)
+            record = await self.inner.load(token, now=now, **context)
         except InvalidToken:
             # Refused on its shape or signature, before any store access.
             self.calls.append("load:invalid")
             raise
-        self.calls.append("load")
+        self.calls.append("load+refresh" if record is not None and record.refreshed else "load")
         return record
 
     async def save(
@@ -126,9 +130,11 @@ class Client:
     app: Any
     jar: dict[str, str] = field(default_factory=dict)
 
+    user_agent: bytes = b"test-agent/1.0"
+
     async def get(self, target: str, *, cookie: bytes | None = None) -> Response:
         path, _, query = target.partition("?")
-        headers: list[tuple[bytes, bytes]] = []
+        headers: list[tuple[bytes, bytes]] = [(b"user-agent", self.user_agent)]
         if cookie is not None:
             headers.append((b"cookie", cookie))
         elif self.jar:

@@ -2,6 +2,14 @@ from __future__ import annotations
 
 import pytest
 
+from tests.backends import make_server_backend  # noqa: F401 - a fixture
+from tests.redis_servers import (  # noqa: F401 - fixtures: imported so that pytest registers them
+    private_redis,
+    redis_cluster,
+    redis_sentinel,
+    redis_url,
+)
+
 
 @pytest.fixture
 def anyio_backend() -> str:

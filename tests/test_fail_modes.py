@@ -19,10 +19,10 @@ pytestmark = pytest.mark.anyio
 class Flaky(MemoryBackend):
     down = False
 
-    async def load(self, token: str, *, now: float) -> SessionRecord | None:
+    async def load(self, token: str, *, now: float, **context: Any) -> SessionRecord | None:
         if self.down:
             raise BackendUnavailable("store timed out")
-        return await super().load(token, now=now)
+        return await super().load(token, now=now, **context)
 
     async def save(
         self,

@@ -13,14 +13,16 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
@@ -304,6 +306,16 @@ def test_issuer_is_written_and_required(clock: FakeClock) -> None:
     assert_accepted(client, forge(header(), claims(iss="https://example.com")))
     assert_rejected(client, forge(header(), claims()))
     assert_rejected(client, forge(header(), claims(iss="https://evil.example")))
+    assert_rejected(client, forge(header(), claims(iss=["https://example.com"])))
+    assert_rejected(client, forge(header(), claims(iss=None)))
+
+
+def test_registered_claims_we_do_not_use_are_accepted_when_well_formed(
+    client: TestClient,
+) -> None:
+    # As jwt.decode did: sub and jti are only checked to be strings; iss is ignored
+    # when no issuer is configured.
+    assert_accepted(client, forge(header(), claims(sub="alice", jti="j-1", iss="anyone")))
 
 
 # == hostile tokens ==================================================================
@@ -385,6 +397,9 @@ def test_missing_required_claim_is_rejected(client: TestClient, name: str) -> No
         {"brs": False},
         {"uid": 7},
         {"nbf": "now"},
+        {"sub": 5},
+        {"sub": None},
+        {"jti": ["j"]},
     ],
     ids=repr,
 )
@@ -1020,3 +1035,324 @@ async def test_retired_key_flag_survives_the_cache() -> None:
         assert record is not None
         assert record.reissue
     assert token in backend._cache
+
+
+# == the compact serialization: pyjwt interoperability, strict base64url ================
+
+INTEROP = ["HS256", "RS256", "ES256", "EdDSA"]
+ALL_ALGORITHMS = [
+    "HS256",
+    "HS384",
+    "HS512",
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "ES256",
+    "ES384",
+    "EdDSA",
+]
+B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def key_pair(algorithm: str, rsa_key: rsa.RSAPrivateKey) -> tuple[Any, Any]:
+    """(what signs, what verifies) for ``algorithm``: the secret twice for HS*."""
+    private: Any
+    if algorithm.startswith("HS"):
+        secret = (SECRET * 2)[: {"HS256": 43, "HS384": 48, "HS512": 64}[algorithm]]
+        return secret, secret
+    if algorithm.startswith(("RS", "PS")):
+        private = rsa_key
+    elif algorithm == "ES256":
+        private = ec.generate_private_key(ec.SECP256R1())
+    elif algorithm == "ES384":
+        private = ec.generate_private_key(ec.SECP384R1())
+    else:
+        private = ed25519.Ed25519PrivateKey.generate()
+    return private, pem_public(private)
+
+
+def unb64(segment: str) -> bytes:
+    """Lenient base64url decoding (the unused bits of the last character ignored)."""
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def other_spellings(segment: str) -> list[str]:
+    """``segment`` with its last character replaced by each other character that
+    differs only in the unused low bits, so that it decodes to the same bytes."""
+    unused = {0: 0, 2: 4, 3: 2}[len(segment) % 4]
+    index = B64_ALPHABET.index(segment[-1])
+    base = index & ~((1 << unused) - 1)
+    return [
+        segment[:-1] + B64_ALPHABET[base | low] for low in range(1 << unused) if base | low != index
+    ]
+
+
+def issue(backend: JWTBackend, now: float = T0, **data: Any) -> tuple[str, SessionRecord]:
+    record = new_record(now, **(data or {"user": "alice"}))
+    token = run(backend.save(None, record, Delta({}), now=now, ttl=600, rotate=False))
+    return token, record
+
+
+@pytest.mark.parametrize("algorithm", INTEROP)
+def test_tokens_we_issue_are_accepted_by_jwt_decode(
+    rsa_key: rsa.RSAPrivateKey, algorithm: str
+) -> None:
+    private, public = key_pair(algorithm, rsa_key)
+    backend = JWTBackend(keys=[JWTKey(KID, private, algorithm)])
+    now = time.time()  # so pyjwt checks exp and iat against its own clock
+    data = {"user": "alice", "items": [1, {"k": "é"}], "n": 1.5}
+    token, record = issue(backend, now, **data)
+    assert jwt.get_unverified_header(token) == {"alg": algorithm, "kid": KID, "typ": "JWT"}
+    decoded = jwt.decode(token, public, algorithms=[algorithm], audience=AUD)
+    assert decoded == parts(token)[1]
+    assert decoded["dat"] == data
+    assert decoded["sid"] == record.session_id
+
+
+@pytest.mark.parametrize("algorithm", ["HS256", "HS512", "RS256", "PS256", "EdDSA"])
+def test_tokens_we_issue_are_what_jwt_encode_writes(
+    rsa_key: rsa.RSAPrivateKey, algorithm: str
+) -> None:
+    # Deterministic signatures (PSS and ECDSA are randomised: the header and payload
+    # are compared for those), so the whole token must match byte for byte.
+    private, _ = key_pair(algorithm, rsa_key)
+    backend = JWTBackend(keys=[JWTKey(KID, private, algorithm)])
+    token, _ = issue(backend, user="alice", items=[1, [2]])
+    theirs = jwt.encode(parts(token)[1], private, algorithm=algorithm, headers={"kid": KID})
+    if algorithm == "PS256":
+        assert theirs.rsplit(".", 1)[0] == token.rsplit(".", 1)[0]
+    else:
+        assert theirs == token
+
+
+@pytest.mark.parametrize("algorithm", INTEROP)
+def test_tokens_made_by_jwt_encode_are_accepted(rsa_key: rsa.RSAPrivateKey, algorithm: str) -> None:
+    private, public = key_pair(algorithm, rsa_key)
+    backend = JWTBackend(keys=[JWTKey(KID, private, algorithm)])
+    body = claims(dat={"user": "bob", "items": [1, {"k": "é"}]})
+    tokens = [
+        jwt.encode(body, private, algorithm=algorithm, headers={"kid": KID}),
+        # A header that is not byte for byte ours (other order, an extra member)
+        # takes the parsing path and is accepted as before.
+        jwt.encode(body, private, algorithm=algorithm, headers={"kid": KID}, sort_headers=False),
+        jwt.encode(body, private, algorithm=algorithm, headers={"kid": KID, "cty": "x"}),
+    ]
+    assert len({token.split(".")[0] for token in tokens}) == 3
+    for token in tokens:
+        record = run(backend.load(token, now=T0))
+        assert record is not None
+        assert record.data == {"user": "bob", "items": [1, {"k": "é"}]}
+        assert record.session_id == "forged-session-id"
+        assert not record.reissue
+    if not algorithm.startswith("HS"):
+        # A retired key that only verifies, given as a public PEM.
+        other = ed25519.Ed25519PrivateKey.generate()
+        verify_only = JWTBackend(
+            keys=[JWTKey("new", other, "EdDSA"), JWTKey(KID, None, algorithm, public_key=public)]
+        )
+        record = run(verify_only.load(tokens[0], now=T0))
+        assert record is not None
+        assert record.reissue
+
+
+def test_ecdsa_signatures_are_raw_r_and_s(rsa_key: rsa.RSAPrivateKey) -> None:
+    # JWS (RFC 7518 3.4) uses the fixed-width r || s, not cryptography's DER.
+    for algorithm, size, digest in (
+        ("ES256", 32, hashes.SHA256()),
+        ("ES384", 48, hashes.SHA384()),
+    ):
+        private, _ = key_pair(algorithm, rsa_key)
+        backend = JWTBackend(keys=[JWTKey(KID, private, algorithm)], cache_size=0)
+        token, _ = issue(backend)
+        signing_input, signature = token.rsplit(".", 1)
+        raw = unb64(signature)
+        assert len(raw) == 2 * size
+        r, s = int.from_bytes(raw[:size], "big"), int.from_bytes(raw[size:], "big")
+        der = encode_dss_signature(r, s)
+        private.public_key().verify(der, signing_input.encode(), ec.ECDSA(digest))
+        # The DER form of a valid signature is not a JWS signature.
+        with pytest.raises(InvalidToken):
+            run(backend.load(f"{signing_input}.{b64(der)}", now=T0))
+        assert run(backend.load(token, now=T0)) is not None
+
+
+@pytest.mark.parametrize("algorithm", ALL_ALGORITHMS)
+def test_signature_of_the_wrong_length_is_rejected(
+    rsa_key: rsa.RSAPrivateKey, algorithm: str
+) -> None:
+    private, _ = key_pair(algorithm, rsa_key)
+    backend = JWTBackend(keys=[JWTKey(KID, private, algorithm)], cache_size=0)
+    token, _ = issue(backend)
+    signing_input, signature = token.rsplit(".", 1)
+    raw = unb64(signature)
+    for bad in (
+        raw[:-1],
+        raw + b"\0",
+        b"\0" + raw,
+        raw[: len(raw) // 2],
+        raw * 2,
+        raw[:1],
+        b"\0",
+        b"\0" * 2048,
+    ):
+        with pytest.raises(InvalidToken):  # and nothing else
+            run(backend.load(f"{signing_input}.{b64(bad)}", now=T0))
+    assert run(backend.load(token, now=T0)) is not None
+
+
+def test_signature_of_the_wrong_length_gives_an_empty_session(client: TestClient) -> None:
+    token = forge(header(), claims())
+    signing_input, signature = token.rsplit(".", 1)
+    assert_rejected(client, f"{signing_input}.{b64(unb64(signature)[:-1])}")
+    assert_rejected(client, f"{signing_input}.{b64(unb64(signature) + b'x')}")
+    assert_accepted(client, token)
+
+
+def signed(algorithm: str, private: Any, head: str, body: str) -> str:
+    """``head.body`` with a valid signature over exactly that text, however the
+    segments are spelled (what a holder of the key could produce)."""
+    alg = jwt.get_algorithm_by_name(algorithm)
+    signature = alg.sign(f"{head}.{body}".encode(), alg.prepare_key(private))
+    return f"{head}.{body}.{b64(signature)}"
+
+
+@pytest.mark.parametrize("algorithm", INTEROP)
+def test_non_canonical_base64url_is_rejected(rsa_key: rsa.RSAPrivateKey, algorithm: str) -> None:
+    private, _ = key_pair(algorithm, rsa_key)
+    backend = JWTBackend(keys=[JWTKey(KID, private, algorithm)], cache_size=0)
+    for extra in ("", "x", "xx"):  # one of these leaves unused bits in the payload
+        token, _ = issue(backend, user="alice" + extra)
+        if len(token.split(".")[1]) % 4:
+            break
+    head, body, signature = token.split(".")
+    # Control: re-signing the honest segments gives an accepted token.
+    assert run(backend.load(signed(algorithm, private, head, body), now=T0)) is not None
+
+    def variants(segment: str) -> list[str]:
+        spellings = other_spellings(segment)
+        assert spellings, "the segment has no unused bits"
+        for spelling in spellings:
+            assert unb64(spelling) == unb64(segment)  # the same bytes, spelled otherwise
+        padded = segment + "=" * (-len(segment) % 4)  # compact JWS has no padding
+        cut = segment[: len(segment) - (len(segment) % 4 + 3) % 4]  # 1 mod 4: no base64
+        assert len(cut) % 4 == 1
+        return [*spellings, padded, segment + "=", segment + "==", cut]
+
+    bad_tokens = [f"{head}.{body}.{bad}" for bad in variants(signature)]
+    bad_tokens += [signed(algorithm, private, bad, body) for bad in variants(head)]
+    bad_tokens += [signed(algorithm, private, head, bad) for bad in variants(body)]
+    for bad in bad_tokens:
+        with pytest.raises(InvalidToken):
+            run(backend.load(bad, now=T0))
+    assert run(backend.load(token, now=T0)) is not None
+
+
+def test_non_canonical_base64url_gives_an_empty_session(client: TestClient) -> None:
+    token = forge(header(), claims())
+    head, body, signature = token.split(".")
+    assert_accepted(client, token)
+    for spelling in other_spellings(signature):
+        assert_rejected(client, f"{head}.{body}.{spelling}")
+    for spelling in other_spellings(head):
+        assert_rejected(client, signed("HS256", SECRET, spelling, body))
+    assert_rejected(client, f"{head}.{body}.{signature}=")
+
+
+def test_non_canonical_header_of_another_shape_is_rejected(client: TestClient) -> None:
+    # A header that is not byte for byte ours is parsed: its base64 must be
+    # canonical as well.
+    token = forge({"typ": "JWT", "kid": KID, "alg": "HS256"}, claims())
+    assert_accepted(client, token)
+    head, body, _ = token.split(".")
+    spellings = other_spellings(head)
+    assert spellings
+    for spelling in spellings:
+        assert_rejected(client, signed("HS256", SECRET, spelling, body))
+
+
+# Whatever this backend accepts, jwt.decode with the options the backend used to pass
+# it accepts too: the hand-written parsing adds no way in.
+_DIFF_ISSUER = "https://issuer.example"
+_DIFF_BACKENDS = {
+    None: JWTBackend(keys=[JWTKey(KID, SECRET)], cache_size=0),
+    _DIFF_ISSUER: JWTBackend(keys=[JWTKey(KID, SECRET)], issuer=_DIFF_ISSUER, cache_size=0),
+}
+_ODD_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**60), 2**60),
+    st.integers(int(T0) - 60, int(T0) + 60),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["", "x", AUD, _DIFF_ISSUER, "JWT", "HS256", KID, "k2"]),
+    st.lists(st.sampled_from([AUD, "x", 1]), max_size=2),
+    st.dictionaries(st.sampled_from(["user", "k"]), st.integers(0, 3), max_size=2),
+)
+_HEADER_NAMES = st.sampled_from(["alg", "kid", "typ", "crit", "b64", "cty", "jku"])
+_CLAIM_NAMES = st.sampled_from(
+    [
+        "aud",
+        "iss",
+        "sub",
+        "jti",
+        "sid",
+        "iat",
+        "exp",
+        "nbf",
+        "crt",
+        "rot",
+        "dat",
+        "idi",
+        "fix",
+        "brs",
+        "uid",
+    ]
+)
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(
+    issuer=st.sampled_from([None, _DIFF_ISSUER]),
+    # Mostly honest headers, so that a good share of the tokens is accepted.
+    header_changes=st.one_of(
+        st.just({}),
+        st.dictionaries(_HEADER_NAMES, st.one_of(_ODD_VALUES, st.just(...)), max_size=1),
+    ),
+    claim_changes=st.one_of(
+        st.just({}), st.dictionaries(_CLAIM_NAMES, st.one_of(_ODD_VALUES, st.just(...)), max_size=2)
+    ),
+    sort_header=st.booleans(),
+)
+def test_accepted_tokens_are_accepted_by_jwt_decode(
+    issuer: str | None,
+    header_changes: dict[str, Any],
+    claim_changes: dict[str, Any],
+    sort_header: bool,
+) -> None:
+    head = header(**header_changes)
+    if sort_header:
+        head = dict(sorted(head.items()))
+    body = claims(**({"iss": issuer} if issuer else {}))
+    body.update(claim_changes)
+    body = {k: v for k, v in body.items() if v is not ...}
+    token = forge(head, body)
+    try:
+        record = run(_DIFF_BACKENDS[issuer].load(token, now=T0))
+    except InvalidToken:
+        return
+    if record is None:
+        return  # expired
+    # Accepted: the same token through pyjwt, as the backend used to call it.
+    required = ["exp", "iat", "aud", "sid", "crt", "rot", "dat"] + (["iss"] if issuer else [])
+    decoded = jwt.PyJWT(
+        options={
+            "verify_exp": False,
+            "verify_iat": False,
+            "verify_nbf": False,
+            "strict_aud": True,
+            "require": required,
+            "enforce_minimum_key_length": True,
+        }
+    ).decode_complete(token, SECRET, algorithms=["HS256"], audience=AUD, issuer=issuer)
+    assert decoded["payload"]["sid"] == record.session_id
+    assert decoded["payload"]["dat"] == record.data

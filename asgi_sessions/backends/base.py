@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from asgi_sessions.serializers import Serializer
 
-__all__ = ["Delta", "SessionBackend", "SessionRecord"]
+if TYPE_CHECKING:
+    from asgi_sessions.policy import ExpiryPolicy
+
+__all__ = ["Delta", "SessionBackend", "SessionInfo", "SessionRecord", "UserSessions"]
 
 
 @dataclass(slots=True)
@@ -38,12 +41,22 @@ class SessionRecord:
     fixed_expiry: float | None = None
     browser_session: bool = False
     user_id: str | None = None
+    # The latest moment the session can be alive (absolute deadline or fixed expiry),
+    # set by the middleware before a save: per-user indexes are scored by it.
+    absolute_expiry: float | None = None
+    # The client as last seen by a save or refresh (for the per-user device list).
+    ip: str | None = None
+    user_agent: str | None = None
     # Set by a server-side backend when the token is the grace alias of a rotated
     # session: the request may read it but nothing it does is written.
     read_only: bool = False
     # Set by a backend that wants a fresh cookie value on this response even if no
     # refresh is due (a JWT signed by a retired key).
     reissue: bool = False
+    # Set by a backend that extended the expiry while loading (the refresh folded
+    # into the load's round trip): the middleware re-sends the cookie so its
+    # Max-Age slides too, and does not touch the record again.
+    refreshed: bool = False
     # Opaque per-backend state carried from load to commit (e.g. the alias target).
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -69,11 +82,22 @@ class SessionBackend(Protocol):
 
     serializer: Serializer
 
-    async def load(self, token: str, *, now: float) -> SessionRecord | None:
+    async def load(
+        self,
+        token: str,
+        *,
+        now: float,
+        policy: ExpiryPolicy | None = None,
+        ip: str | None = None,
+        user_agent: str | None = None,
+    ) -> SessionRecord | None:
         """Return the record for ``token``, or ``None`` if it is unknown or expired.
 
         Raises :class:`InvalidToken`, without any I/O, when ``token`` is malformed,
-        forged or of the wrong kind.
+        forged or of the wrong kind. A server-side backend given ``policy`` may fold
+        a due refresh into the load (extend the expiry, store ``now`` as
+        ``last_seen`` and the client's ``ip``/``user_agent``) and then sets
+        ``record.refreshed``; a backend that cannot simply ignores these arguments.
         """
         ...
 
@@ -112,4 +136,44 @@ class SessionBackend(Protocol):
 
     async def aclose(self) -> None:
         """Release connections the backend owns."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """One of a user's live sessions, as a device list shows it. Never holds a token.
+
+    ``expires_at`` is when the store will drop the record if it sees no more
+    activity; ``current`` marks the session of the request that asked.
+    """
+
+    session_id: str
+    user_id: str
+    created_at: float
+    last_seen: float
+    expires_at: float | None
+    ip: str | None
+    user_agent: str | None
+    current: bool = False
+
+
+@runtime_checkable
+class UserSessions(Protocol):
+    """Per-user session management, for server-side backends.
+
+    A session joins its user's index when it is saved with ``record.user_id`` set
+    (``Session.bind_user()``). Every method works inside and outside a request (admin
+    code, a CLI) and never needs a token: sessions are named by their public ID.
+    """
+
+    async def list_sessions(self, user_id: str, *, current: str | None = None) -> list[SessionInfo]:
+        """The user's live sessions, oldest first; prunes dead index entries."""
+        ...
+
+    async def revoke(self, session_id: str) -> bool:
+        """End one session (and any grace alias of it). False if it did not exist."""
+        ...
+
+    async def revoke_user(self, user_id: str, *, keep: str | None = None) -> int:
+        """End all of a user's sessions except ``keep``; returns how many ended."""
         ...

@@ -1,7 +1,7 @@
 """JWTBackend: the whole session lives in a signed JWT in the cookie (no server state).
 
 Token format (compact JWS, one per session cookie, chunked by the cookie codec when
-it is over the browser limit):
+it is over the browser limit; what ``jwt.encode``/``jwt.decode`` produce and accept):
 
 * header: ``alg`` (the key's algorithm), ``kid`` (which configured key signed it),
   ``typ: "JWT"``;
@@ -10,6 +10,10 @@ it is over the browser limit):
   time), ``rot`` (last rotation), ``dat`` (the session data); and only when set,
   ``idi`` (per-session idle timeout, seconds), ``fix`` (fixed expiry), ``brs``
   (browser-session cookie) and ``uid`` (user ID).
+
+The compact serialization is built and parsed here, with pyjwt's algorithm objects
+doing the signing and verifying on keys prepared once: ``jwt.decode`` would re-run
+its key-format detection and a per-character base64 check on every token.
 """
 
 from __future__ import annotations
@@ -28,12 +32,12 @@ from datetime import timedelta
 from typing import Any, Final
 
 import jwt
-from jwt.algorithms import has_crypto
+from jwt.algorithms import Algorithm, has_crypto
 
 from asgi_sessions._log import fingerprint, logger
 from asgi_sessions.backends.base import Delta, SessionRecord
 from asgi_sessions.errors import ConfigurationError, InvalidToken, SessionTooLarge
-from asgi_sessions.policy import seconds
+from asgi_sessions.policy import ExpiryPolicy, seconds
 from asgi_sessions.serializers import JSONSerializer, Serializer
 
 __all__ = ["JWTBackend", "JWTKey"]
@@ -53,6 +57,17 @@ _MAX_TIME: Final = 2**53
 _MAX_SID_LENGTH: Final = 128
 _HMAC_MINIMUM: Final = {"HS256": 32, "HS384": 48, "HS512": 64}  # RFC 7518 3.2
 _RAW_DATA: Final = "jwt.dat"  # key in SessionRecord.extra: the data's JSON as loaded
+# What a failed signature check may raise besides returning False (pyjwt's algorithm
+# objects turn cryptography's InvalidSignature into False themselves).
+_VERIFY_ERRORS: Final = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    OverflowError,
+    RecursionError,
+    NotImplementedError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,14 +113,24 @@ class JWTKey:
 
 @dataclass(frozen=True, slots=True)
 class _Key:
-    """A configured key with its material parsed once (pyjwt would re-parse a PEM
-    on every call)."""
+    """A configured key with its material parsed once and the header it signs under."""
 
     kid: str
     algorithm: str
-    algorithms: list[str]  # what jwt.decode accepts for this kid: exactly one
-    signing: Any  # None for a verify-only key
-    verifying: Any
+    alg: Algorithm  # pyjwt's algorithm object: sign() and verify() on prepared keys
+    signing: Any  # prepared private key or HMAC secret; None for a verify-only key
+    verifying: Any  # prepared public key or HMAC secret
+    # The base64url header segment of the tokens this key signs: exactly what
+    # jwt.encode(..., algorithm=algorithm, headers={"kid": kid}) writes.
+    header: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        text = json.dumps(
+            {"alg": self.algorithm, "kid": self.kid, "typ": "JWT"},
+            separators=(",", ":"),
+            sort_keys=True,
+        )
+        object.__setattr__(self, "header", _b64encode(text.encode()))
 
 
 class _Verified:
@@ -276,34 +301,28 @@ class JWTBackend:
         self.cache_size = cache_size
         self._keys = prepared
         self._signer = signer
+        # Our own header segments, byte for byte: the usual token skips header parsing.
+        self._headers = {key.header: key for key in prepared.values()}
         # OrderedDict: popitem(last=False) is O(1), where deleting a plain dict's
         # first key rescans the deleted slots at its front on every eviction.
         self._cache: OrderedDict[str, _Verified] = OrderedDict()
         self._encoder = json.JSONEncoder(
             ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=False
         )
-        # Only the signing algorithm is registered: this instance never verifies.
-        self._jws = jwt.PyJWS(
-            algorithms=[signer.algorithm], options={"enforce_minimum_key_length": True}
-        )
-        required = ["exp", "iat", "aud", "sid", "crt", "rot", "dat"]
-        if issuer is not None:
-            required.append("iss")
-        # Time claims are checked here against the middleware's clock, not pyjwt's.
-        self._jwt = jwt.PyJWT(
-            options={
-                "verify_exp": False,
-                "verify_iat": False,
-                "verify_nbf": False,
-                "strict_aud": True,
-                "require": required,
-                "enforce_minimum_key_length": True,
-            }
-        )
 
     # -- the SessionBackend protocol ------------------------------------------------
 
-    async def load(self, token: str, *, now: float) -> SessionRecord | None:
+    async def load(
+        self,
+        token: str,
+        *,
+        now: float,
+        policy: ExpiryPolicy | None = None,
+        ip: str | None = None,
+        user_agent: str | None = None,
+    ) -> SessionRecord | None:
+        # policy/ip/user_agent: a refresh needs a new token, issued by touch() on
+        # the response, so there is nothing to fold into the load.
         if type(token) is not str:
             raise InvalidToken("token is not a str")
         entry = self._cache.get(token)
@@ -395,9 +414,9 @@ class JWTBackend:
         # encoding the data a second time.
         payload = f'{head[:-1]},"dat":{raw}}}'.encode()
         signer = self._signer
-        token = self._jws.encode(
-            payload, signer.signing, algorithm=signer.algorithm, headers={"kid": signer.kid}
-        )
+        signing_input = signer.header + b"." + _b64encode(payload)
+        signature = signer.alg.sign(signing_input, signer.signing)
+        token = (signing_input + b"." + _b64encode(signature)).decode("ascii")
         if len(token) > MAX_TOKEN_LENGTH:
             raise SessionTooLarge(
                 f"the session token would be {len(token)} bytes, over the limit of "
@@ -414,32 +433,30 @@ class JWTBackend:
         return token
 
     def _verify(self, token: str) -> _Verified:
-        """Check the token fully (shape, key, signature, claims); never raises
+        """Check the token fully (shape, header, signature, claims); never raises
         anything but :class:`InvalidToken`."""
         if len(token) > MAX_TOKEN_LENGTH or not _SHAPE.fullmatch(token):
             raise InvalidToken("not a JWT of this backend (shape, charset or length)")
-        key = self._key_for(token)
+        # _SHAPE: three non-empty segments of the base64url alphabet, so ASCII.
+        raw = token.encode("ascii")
+        head, body, crypto = raw.split(b".")
+        key = self._headers.get(head)
+        if key is None:
+            key = self._key_for(head)
+        signature = _b64decode(crypto, "signature")
+        signing_input = raw[: len(head) + 1 + len(body)]
         try:
-            decoded = self._jwt.decode_complete(
-                token,
-                key.verifying,
-                algorithms=key.algorithms,
-                audience=self.audience,
-                issuer=self.issuer,
-            )
-        except jwt.PyJWTError as exc:
-            raise InvalidToken(f"JWT rejected: {type(exc).__name__}: {exc}") from None
-        except (
-            ValueError,
-            TypeError,
-            KeyError,
-            IndexError,
-            OverflowError,
-            RecursionError,
-            NotImplementedError,
-        ) as exc:
+            valid = key.alg.verify(signing_input, key.verifying, signature)
+        except _VERIFY_ERRORS as exc:
             raise InvalidToken(f"JWT rejected: {type(exc).__name__}") from None
-        claims = decoded["payload"]
+        if valid is not True:
+            raise InvalidToken("JWT signature does not verify")
+        # Only now is the payload decoded: nothing an attacker wrote is parsed before
+        # the signature has been checked.
+        try:
+            claims = json.loads(_b64decode(body, "payload"))
+        except (ValueError, RecursionError):
+            raise InvalidToken("JWT payload is not JSON") from None
         if type(claims) is not dict:
             raise InvalidToken("JWT claims are not an object")
         problem = self._check_claims(claims)
@@ -448,19 +465,19 @@ class JWTBackend:
         data: dict[str, Any] = claims["dat"]
         reissue = key.kid != self._signer.kid
         if _nested(data):
-            raw = self._encoder.encode(data)
-            return _Verified(claims, None, raw, reissue, self.leeway)
+            text = self._encoder.encode(data)
+            return _Verified(claims, None, text, reissue, self.leeway)
         return _Verified(claims, data, None, reissue, self.leeway)
 
-    def _key_for(self, token: str) -> _Key:
-        """The configured key named by the (not yet verified) header, which must also
-        be the header we issue: typ JWT, the key's own alg, no crit/b64."""
-        segment = token[: token.index(".")]
+    def _key_for(self, segment: bytes) -> _Key:
+        """The configured key named by a (not yet verified) header that is not byte
+        for byte one of ours, which must still say what ours says: typ JWT, the key's
+        own alg, no crit/b64."""
         if len(segment) > _MAX_HEADER_LENGTH:
             raise InvalidToken("JWT header is too long")
         try:
-            header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-        except (ValueError, binascii.Error, RecursionError):
+            header = json.loads(_b64decode(segment, "header"))
+        except (ValueError, RecursionError):
             raise InvalidToken("JWT header is not base64url JSON") from None
         if type(header) is not dict:
             raise InvalidToken("JWT header is not an object")
@@ -475,11 +492,21 @@ class JWTBackend:
         return key
 
     def _check_claims(self, claims: dict[str, Any]) -> str | None:
+        """What is wrong with verified claims, or None. Besides the session claims
+        this is what ``jwt.decode`` checked: ``aud`` is exactly the audience (not a
+        list), ``iss`` is the issuer when one is set, ``sub`` and ``jti`` are strings
+        when present. Times are checked by the caller against the injected clock."""
         sid = claims.get("sid")
         if type(sid) is not str or not 0 < len(sid) <= _MAX_SID_LENGTH:
             return "sid"
         if claims.get("aud") != self.audience:
             return "aud"
+        if self.issuer is not None and claims.get("iss") != self.issuer:
+            return "iss"
+        if "sub" in claims and type(claims["sub"]) is not str:
+            return "sub"
+        if "jti" in claims and type(claims["jti"]) is not str:
+            return "jti"
         for name in ("exp", "iat", "crt", "rot"):
             if not _is_time(claims.get(name)):
                 return name
@@ -498,6 +525,27 @@ class JWTBackend:
         if "uid" in claims and type(claims["uid"]) is not str:
             return "uid"
         return None
+
+
+def _b64encode(raw: bytes) -> bytes:
+    """Base64url without padding (RFC 7515 section 2)."""
+    return base64.urlsafe_b64encode(raw).rstrip(b"=")
+
+
+def _b64decode(segment: bytes, name: str) -> bytes:
+    """The bytes of a canonical unpadded base64url segment whose alphabet ``_SHAPE``
+    has checked; anything else raises :class:`InvalidToken`: a length of 1 mod 4, or
+    unused low bits set in the last character (which decode to the same bytes as the
+    canonical character, so a token would have several spellings)."""
+    if len(segment) % 4 == 1:
+        raise InvalidToken(f"JWT {name} is not base64url (length)")
+    try:
+        decoded = base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4))
+    except (ValueError, binascii.Error):
+        raise InvalidToken(f"JWT {name} is not base64url") from None
+    if _b64encode(decoded) != segment:
+        raise InvalidToken(f"JWT {name} is not canonical base64url")
+    return decoded
 
 
 def _is_time(value: Any) -> bool:
@@ -576,7 +624,7 @@ def _prepare(item: JWTKey) -> _Key:
     problem = algo.check_key_length(verifying)
     if problem:
         raise ConfigurationError(f"JWTKey {item.kid!r}: {problem}")
-    return _Key(item.kid, algorithm, [algorithm], signing, verifying)
+    return _Key(item.kid, algorithm, algo, signing, verifying)
 
 
 def _prepare_hmac(item: JWTKey) -> _Key:
@@ -591,8 +639,9 @@ def _prepare_hmac(item: JWTKey) -> _Key:
             f"JWTKey {item.kid!r}: {item.algorithm} needs a secret (str or bytes); "
             + _hint(minimum)
         )
+    algo = jwt.get_algorithm_by_name(item.algorithm)
     try:
-        secret = jwt.get_algorithm_by_name(item.algorithm).prepare_key(item.key)
+        secret = algo.prepare_key(item.key)
     except jwt.InvalidKeyError as exc:
         # e.g. a PEM public key given as an HMAC secret: the algorithm-confusion setup.
         raise ConfigurationError(f"JWTKey {item.kid!r}: {exc}") from None
@@ -601,7 +650,7 @@ def _prepare_hmac(item: JWTKey) -> _Key:
             f"JWTKey {item.kid!r}: the {item.algorithm} secret is {len(secret)} bytes; it "
             f"must be at least {minimum} random bytes: {_hint(minimum)}"
         )
-    return _Key(item.kid, item.algorithm, [item.algorithm], secret, secret)
+    return _Key(item.kid, item.algorithm, algo, secret, secret)
 
 
 def _spki(public_key: Any) -> bytes:

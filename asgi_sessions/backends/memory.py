@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from asgi_sessions._log import logger
 from asgi_sessions.backends._tokens import checked_id, new_token, token_id
-from asgi_sessions.backends.base import Delta, SessionRecord
+from asgi_sessions.backends.base import Delta, SessionInfo, SessionRecord
 from asgi_sessions.errors import ConfigurationError, SerializationError, SessionGone
 from asgi_sessions.serializers import JSONSerializer, Serializer
+
+if TYPE_CHECKING:
+    from asgi_sessions.policy import ExpiryPolicy
 
 __all__ = ["MemoryBackend"]
 
@@ -29,13 +35,16 @@ class MemoryBackend:
     Same semantics as :class:`RedisBackend`: opaque 256-bit tokens stored only as a
     SHA-256, a TTL on every record, unknown IDs never adopted, delta writes (two
     requests that change different keys both land), no re-creation of a session
-    deleted during a request, and rotation with a read-only grace alias that serves
-    the pre-rotation data for ``rotation_grace`` seconds (0 disables it).
+    deleted during a request, rotation with a read-only grace alias that serves the
+    pre-rotation data for ``rotation_grace`` seconds (0 disables it), and the
+    per-user operations of :class:`UserSessions` (with ``max_sessions_per_user``
+    evicting a user's oldest sessions).
 
     At most ``max_sessions`` records are kept: when full, expired records are
     dropped first, then the least recently written. Data is stored serialized (JSON
     by default), so a request never shares objects with the store or another request.
-    Not shared between processes: use Redis for more than one worker.
+    Not shared between processes: use Redis for more than one worker. ``clock`` is
+    used only outside requests (the per-user operations).
     """
 
     def __init__(
@@ -43,40 +52,69 @@ class MemoryBackend:
         *,
         max_sessions: int = 100_000,
         rotation_grace: int = 5,
+        max_sessions_per_user: int | None = None,
         serializer: Serializer | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if max_sessions < 1:
             raise ConfigurationError("max_sessions must be at least 1")
         if rotation_grace < 0:
             raise ConfigurationError("rotation_grace must not be negative (0 disables it)")
+        if max_sessions_per_user is not None and max_sessions_per_user < 1:
+            raise ConfigurationError("max_sessions_per_user must be at least 1, or None")
         self.max_sessions = max_sessions
         self.rotation_grace = rotation_grace
+        self.max_sessions_per_user = max_sessions_per_user
         self.serializer: Serializer = serializer or JSONSerializer()
+        self.clock = clock
         self._entries: dict[str, _Entry] = {}
+        # user ID -> the IDs of that user's records (live sessions and grace aliases),
+        # in creation order; pruned whenever a user's list is read or written.
+        self._users: dict[str, dict[str, None]] = {}
 
     def __len__(self) -> int:
         """Records held, including expired ones not yet swept and grace aliases."""
         return len(self._entries)
 
-    async def load(self, token: str, *, now: float) -> SessionRecord | None:
+    async def load(
+        self,
+        token: str,
+        *,
+        now: float,
+        policy: ExpiryPolicy | None = None,
+        ip: str | None = None,
+        user_agent: str | None = None,
+    ) -> SessionRecord | None:
         key = checked_id(token)
         entry = self._entries.get(key)
         if entry is None:
             return None
         if entry.expires_at <= now:
-            del self._entries[key]
+            self._drop(key)
             return None
         try:
             data = self.serializer.loads(entry.blob)
         except SerializationError as exc:
             logger.warning("session %s: stored record is corrupt (%s); removed", key[:12], exc)
-            del self._entries[key]
+            self._drop(key)
             return None
-        record = replace(entry.meta, data=data)
         if entry.alias_of is not None:
-            record.read_only = True
-            record.extra = {"alias_of": entry.alias_of}
-        return record
+            record = replace(
+                entry.meta, data=data, read_only=True, extra={"alias_of": entry.alias_of}
+            )
+            return record
+        meta = entry.meta
+        if (
+            policy is not None
+            and policy.refresh_due(meta, now)
+            and not policy.is_expired(meta, now)
+        ):
+            meta.last_seen = now
+            meta.ip, meta.user_agent = ip, user_agent
+            entry.expires_at = now + policy.ttl(meta, now)
+            self._bump(key, entry)
+            return replace(meta, data=data, refreshed=True)
+        return replace(meta, data=data)
 
     async def save(
         self,
@@ -90,7 +128,9 @@ class MemoryBackend:
     ) -> str:
         if token is None:
             blob = self.serializer.dumps(delta.updates)
-            return self._create(record, blob, now, ttl)
+            new = self._create(record, blob, now, ttl)
+            self._index(record, now)
+            return new
         key = token_id(token)
         entry = self._live(key, now)
         if delta.replace:
@@ -101,38 +141,91 @@ class MemoryBackend:
             for removed in delta.removed:
                 data.pop(removed, None)
             blob = self.serializer.dumps(data)
+        previous_user = entry.meta.user_id
         if not rotate:
             entry.meta = _meta(record, key)
             entry.blob = blob
             entry.expires_at = now + ttl
             self._bump(key, entry)
+            if record.user_id != previous_user:
+                self._unindex(previous_user, key)
+                self._index(record, now)
             return token
         new = self._create(record, blob, now, ttl)
         if self.rotation_grace:
             # The alias keeps the pre-rotation data: whoever else holds the old token
             # (a fixation attacker at login) learns nothing it could not read before.
+            # It stays in its user's index so revoking the user ends it too.
             entry.alias_of = record.session_id
             entry.expires_at = min(entry.expires_at, now + self.rotation_grace)
         else:
-            del self._entries[key]
+            self._drop(key)
+        self._index(record, now)
         return new
 
     async def touch(self, token: str, record: SessionRecord, *, now: float, ttl: int) -> str | None:
         key = token_id(token)
         entry = self._live(key, now)
         entry.meta.last_seen = record.last_seen
+        entry.meta.ip, entry.meta.user_agent = record.ip, record.user_agent
         entry.expires_at = now + ttl
         self._bump(key, entry)
         return None
 
     async def delete(self, token: str, record: SessionRecord) -> None:
-        entry = self._entries.pop(token_id(token), None)
+        key = token_id(token)
+        entry = self._entries.get(key)
         if entry is not None and entry.alias_of is not None:
             # Logging out on the old cookie during the grace ends the new session too.
-            self._entries.pop(entry.alias_of, None)
+            self._drop(entry.alias_of)
+        self._drop(key)
 
     async def aclose(self) -> None:
         self._entries.clear()
+        self._users.clear()
+
+    # -- per-user operations ---------------------------------------------------------
+
+    async def list_sessions(self, user_id: str, *, current: str | None = None) -> list[SessionInfo]:
+        now = self.clock()
+        return [
+            SessionInfo(
+                session_id=key,
+                user_id=user_id,
+                created_at=entry.meta.created_at,
+                last_seen=entry.meta.last_seen,
+                expires_at=entry.expires_at,
+                ip=entry.meta.ip,
+                user_agent=entry.meta.user_agent,
+                current=key == current,
+            )
+            for key, entry in self._live_of(user_id, now)
+        ]
+
+    async def revoke(self, session_id: str) -> bool:
+        entry = self._entries.get(session_id)
+        if entry is None or entry.alias_of is not None:
+            return False
+        user = entry.meta.user_id
+        if user is not None:
+            for key in list(self._users.get(user, ())):
+                alias = self._entries.get(key)
+                if alias is not None and alias.alias_of == session_id:
+                    self._drop(key)
+        self._drop(session_id)
+        return True
+
+    async def revoke_user(self, user_id: str, *, keep: str | None = None) -> int:
+        now = self.clock()
+        live = {key for key, _ in self._live_of(user_id, now)}
+        ended = 0
+        for key in list(self._users.get(user_id, ())):
+            entry = self._entries.get(key)
+            if key == keep or (entry is not None and entry.alias_of == keep and keep):
+                continue
+            ended += key in live
+            self._drop(key)
+        return ended
 
     # -- internals -----------------------------------------------------------------
 
@@ -141,6 +234,44 @@ class MemoryBackend:
         if entry is None or entry.alias_of is not None or entry.expires_at <= now:
             raise SessionGone("session no longer exists")
         return entry
+
+    def _live_of(self, user_id: str, now: float) -> list[tuple[str, _Entry]]:
+        """The user's live sessions, oldest first; drops dead index entries."""
+        keys = self._users.get(user_id)
+        if not keys:
+            return []
+        live = []
+        for key in list(keys):
+            entry = self._entries.get(key)
+            if entry is None or entry.expires_at <= now or entry.meta.user_id != user_id:
+                del keys[key]
+            elif entry.alias_of is None:
+                live.append((key, entry))
+        if not keys:
+            del self._users[user_id]
+        live.sort(key=lambda item: item[1].meta.created_at)
+        return live
+
+    def _index(self, record: SessionRecord, now: float) -> None:
+        user = record.user_id
+        if user is None:
+            return
+        self._users.setdefault(user, {})[record.session_id] = None
+        cap = self.max_sessions_per_user
+        if cap is not None:
+            live = self._live_of(user, now)
+            for key, _ in live[: max(0, len(live) - cap)]:
+                logger.info("user's session limit reached: ended session %s", key[:12])
+                self._drop(key)
+
+    def _unindex(self, user: str | None, key: str) -> None:
+        if user is not None and user in self._users:
+            self._users[user].pop(key, None)
+
+    def _drop(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._unindex(entry.meta.user_id, key)
 
     def _create(self, record: SessionRecord, blob: bytes, now: float, ttl: int) -> str:
         self._make_room(now)
@@ -163,7 +294,7 @@ class MemoryBackend:
         if len(entries) < self.max_sessions:
             return
         for key in [k for k, e in entries.items() if e.expires_at <= now]:
-            del entries[key]
+            self._drop(key)
         # Free a tenth at once so the O(n) sweep above runs once per max_sessions/10
         # creations, not on every one.
         target = self.max_sessions - max(1, self.max_sessions // 10)
@@ -172,9 +303,11 @@ class MemoryBackend:
             # rescans the freed slots each time (quadratic at 100,000 sessions).
             oldest = list(itertools.islice(entries, len(entries) - target))
             for evicted in oldest:
-                del entries[evicted]
+                self._drop(evicted)
             logger.info("memory backend full: evicted the %d least recently written", len(oldest))
 
 
 def _meta(record: SessionRecord, key: str) -> SessionRecord:
-    return replace(record, session_id=key, data={}, read_only=False, reissue=False, extra={})
+    return replace(
+        record, session_id=key, data={}, read_only=False, reissue=False, refreshed=False, extra={}
+    )

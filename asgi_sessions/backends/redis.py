@@ -1,0 +1,562 @@
+"""RedisBackend: server-side sessions on redis-py's asyncio client.
+
+Data model (all keys under ``prefix``, default ``asgi_sessions:``)::
+
+    {prefix}s:<sha256(token) hex>     HASH, one per session (or grace alias)
+        c, l, r      created, last seen (last refresh), last rotation: epoch seconds
+        i, f, b      per-session idle timeout, fixed expiry, browser-session flag
+        u, ip, ua    user ID, client address and user agent at the last save/refresh
+        a            only on a grace alias: the ID of the session it was rotated into
+        d:<key>      one field per session key, its value in msgpack
+    {prefix}u:{<sha256(user id)>}     ZSET, the user's session IDs scored by the
+                                      latest moment each can still be alive
+
+The cookie holds a 256-bit random token; Redis only ever sees its SHA-256, so a dump
+or MONITOR yields no usable cookie. Every key has a TTL: a session's is its idle or
+absolute deadline, whichever comes first (browser-session cookies included); an
+index's is the latest absolute deadline of its members. TTLs are always relative
+(PEXPIRE), so the app servers' clocks and Redis's need not agree.
+
+Round trips: a load is one EVALSHA (HGETALL, with the sliding-expiry refresh folded
+in when it is due); a commit is one EVALSHA that checks the session still exists,
+writes only the changed ``d:`` fields and sets the TTL. So two requests that change
+different keys both land; for the same key the last commit wins. A rotation writes
+the new key and turns the old one into a read-only alias (two single-key scripts
+sent concurrently: old and new hash to different Cluster slots, so there is never a
+cross-slot transaction); binding a user also updates the user's index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from asgi_sessions._log import logger
+from asgi_sessions.backends._tokens import checked_id, new_token, token_id
+from asgi_sessions.backends.base import Delta, SessionInfo, SessionRecord
+from asgi_sessions.errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    SerializationError,
+    SessionGone,
+)
+from asgi_sessions.msgpack_serializer import MsgpackSerializer
+
+if TYPE_CHECKING:
+    from asgi_sessions.policy import ExpiryPolicy
+
+__all__ = ["RedisBackend"]
+
+T = TypeVar("T")
+Client = Redis | RedisCluster
+
+_DATA = b"d:"
+_LOAD = """
+local h = redis.call('HGETALL', KEYS[1])
+if #h == 0 then return false end
+local m = {}
+for i = 1, #h, 2 do
+  if string.sub(h[i], 1, 2) ~= 'd:' then m[h[i]] = h[i + 1] end
+end
+if ARGV[1] == '' or m['a'] or m['f'] or not m['c'] then return {0, h} end
+local now = tonumber(ARGV[1])
+local idle = tonumber(m['i'] or ARGV[3])
+if now - tonumber(m['l']) < math.min(tonumber(ARGV[2]), math.floor(idle / 2)) then
+  return {0, h}
+end
+local deadline = math.min(now + idle, tonumber(m['c']) + tonumber(ARGV[4]))
+if deadline <= now then return {0, h} end
+redis.call('HSET', KEYS[1], 'l', ARGV[1], 'ip', ARGV[5], 'ua', ARGV[6])
+redis.call('PEXPIRE', KEYS[1], math.ceil((deadline - now) * 1000))
+return {1, h}
+"""
+_SAVE = """
+if ARGV[1] == 'n' then
+  if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+else
+  local s = redis.call('HMGET', KEYS[1], 'c', 'a')
+  if not s[1] or s[2] then return -1 end
+  if ARGV[1] == 'r' then redis.call('DEL', KEYS[1]) end
+end
+local last = 3 + 2 * tonumber(ARGV[3])
+if last > 3 then redis.call('HSET', KEYS[1], unpack(ARGV, 4, last)) end
+if #ARGV > last then redis.call('HDEL', KEYS[1], unpack(ARGV, last + 1, #ARGV)) end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+_TOUCH = """
+local s = redis.call('HMGET', KEYS[1], 'c', 'a')
+if not s[1] or s[2] then return -1 end
+redis.call('HSET', KEYS[1], 'l', ARGV[2], 'ip', ARGV[3], 'ua', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+_RETIRE = """
+local s = redis.call('HMGET', KEYS[1], 'c', 'a')
+if not s[1] or s[2] then return -1 end
+if tonumber(ARGV[2]) == 0 then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+redis.call('HSET', KEYS[1], 'a', ARGV[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 or ttl > tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1
+"""
+_INDEX = """
+if ARGV[1] ~= '' then redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+if ARGV[4] ~= '' then redis.call('ZREM', KEYS[1], ARGV[4]) end
+local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if #top == 0 then return {} end
+redis.call('PEXPIRE', KEYS[1], math.ceil((tonumber(top[2]) - tonumber(ARGV[3])) * 1000))
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+
+
+class _Script:
+    """EVALSHA with a fallback to EVAL when the server (or a Cluster node) does not
+    have the script cached yet: one round trip in the steady state."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+    async def __call__(self, client: Client, key: str, *args: Any) -> Any:
+        try:
+            return await client.evalsha(self.sha, 1, key, *args)
+        except NoScriptError:
+            return await client.eval(self.source, 1, key, *args)
+
+
+_load, _save, _touch, _retire, _index = map(_Script, (_LOAD, _SAVE, _TOUCH, _RETIRE, _INDEX))
+
+
+def _number(raw: bytes | None) -> float | None:
+    return None if raw is None else float(raw)
+
+
+def _text(raw: bytes | None) -> str | None:
+    return raw.decode("utf-8", "replace") if raw else None
+
+
+def _decode(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def _arg(value: float | int | str | None) -> str:
+    return "" if value is None else value if isinstance(value, str) else repr(value)
+
+
+class RedisBackend:
+    """Sessions in Redis, Redis Cluster or a Sentinel-managed Redis.
+
+    ``client`` is a ``redis.asyncio.Redis``, a ``RedisCluster``, a Sentinel
+    ``master_for()`` client, or a URL (the backend then creates the client with the
+    timeouts below and closes it in :meth:`aclose`). A client with
+    ``decode_responses=True`` is refused: session data is binary.
+
+    Every operation is bounded by ``operation_timeout`` seconds in total, whatever the
+    client's own settings, and any Redis failure becomes :class:`BackendUnavailable`
+    or :class:`BackendError` (the middleware answers 503, or runs fail-open).
+    ``socket_timeout``, ``connect_timeout`` and ``retries`` configure a client made
+    from a URL: redis-py's defaults (no socket timeout, several retries with backoff)
+    would turn a stalled server into a stalled request.
+
+    ``rotation_grace`` seconds (0 disables it): how long a rotated-away token keeps
+    reading the pre-rotation data, read-only, so parallel requests of the same
+    browser are not logged out. ``max_sessions_per_user`` evicts a user's oldest
+    sessions beyond that number. Values are stored with ``serializer`` (msgpack by
+    default), which refuses unstorable values when they are set.
+    """
+
+    def __init__(
+        self,
+        client: Client | str,
+        *,
+        prefix: str = "asgi_sessions:",
+        rotation_grace: int = 5,
+        max_sessions_per_user: int | None = None,
+        operation_timeout: float = 2.0,
+        socket_timeout: float = 0.5,
+        connect_timeout: float = 0.5,
+        retries: int = 1,
+        serializer: MsgpackSerializer | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if rotation_grace < 0:
+            raise ConfigurationError("rotation_grace must not be negative (0 disables it)")
+        if max_sessions_per_user is not None and max_sessions_per_user < 1:
+            raise ConfigurationError("max_sessions_per_user must be at least 1, or None")
+        if not operation_timeout > 0 or not socket_timeout > 0 or not connect_timeout > 0:
+            raise ConfigurationError(
+                "operation_timeout, socket_timeout and connect_timeout must be positive"
+            )
+        if retries < 0:
+            raise ConfigurationError("retries must not be negative")
+        self._owns_client = isinstance(client, str)
+        if isinstance(client, str):
+            try:
+                client = Redis.from_url(
+                    client,
+                    socket_timeout=socket_timeout,
+                    socket_connect_timeout=connect_timeout,
+                    retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), retries),
+                    health_check_interval=30,
+                )
+            except ValueError as exc:
+                raise ConfigurationError(f"invalid Redis URL: {exc}") from None
+        elif not isinstance(client, Redis | RedisCluster):
+            raise ConfigurationError(
+                "client must be a redis.asyncio.Redis or RedisCluster (or a URL), got "
+                f"{type(client).__name__}"
+            )
+        if client.get_encoder().decode_responses:
+            raise ConfigurationError(
+                "the Redis client has decode_responses=True; session data is binary: "
+                "pass a client created with decode_responses=False (the default)"
+            )
+        self.client: Client = client
+        self.prefix = prefix
+        self.rotation_grace = rotation_grace
+        self.max_sessions_per_user = max_sessions_per_user
+        self.operation_timeout = operation_timeout
+        self.serializer = serializer or MsgpackSerializer()
+        self.clock = clock
+
+    # -- keys ----------------------------------------------------------------------
+
+    def _key(self, session_id: str) -> str:
+        return f"{self.prefix}s:{session_id}"
+
+    def _user_key(self, user_id: str) -> str:
+        # The braces are a Cluster hash tag: a user's keys share one slot.
+        digest = hashlib.sha256(user_id.encode()).hexdigest()[:32]
+        return f"{self.prefix}u:{{{digest}}}"
+
+    async def _run(self, operation: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self.operation_timeout):
+                return await operation
+        except (TimeoutError, RedisTimeoutError) as exc:
+            raise BackendUnavailable(
+                f"Redis did not answer within {self.operation_timeout}s"
+            ) from exc
+        except RedisError as exc:
+            raise BackendUnavailable(f"Redis failed: {type(exc).__name__}: {exc}") from exc
+
+    # -- the backend protocol ----------------------------------------------------------
+
+    async def load(
+        self,
+        token: str,
+        *,
+        now: float,
+        policy: ExpiryPolicy | None = None,
+        ip: str | None = None,
+        user_agent: str | None = None,
+    ) -> SessionRecord | None:
+        session_id = checked_id(token)  # a malformed token never reaches Redis
+        key = self._key(session_id)
+        if policy is None:
+            args: tuple[str, ...] = ("", "", "", "", "", "")
+        else:
+            args = (
+                repr(now),
+                str(policy.refresh_after),
+                str(policy.idle_timeout),
+                str(policy.absolute_timeout),
+                ip or "",
+                user_agent or "",
+            )
+        reply = await self._run(_load(self.client, key, *args))
+        if not reply:
+            return None
+        refreshed, flat = reply
+        try:
+            record = self._parse(session_id, flat)
+        except (SerializationError, ValueError, TypeError, UnicodeDecodeError) as exc:
+            logger.warning(
+                "session %s: stored record is corrupt (%s); removed", session_id[:12], exc
+            )
+            await self._run(self.client.delete(key))
+            return None
+        if refreshed:
+            record.last_seen = now
+            record.ip, record.user_agent = ip, user_agent
+            record.refreshed = True
+        return record
+
+    def _parse(self, session_id: str, flat: Sequence[bytes]) -> SessionRecord:
+        meta: dict[bytes, bytes] = {}
+        data: dict[str, Any] = {}
+        loads = self.serializer.loads_value
+        for index in range(0, len(flat), 2):
+            field = flat[index]
+            if field[:2] == _DATA:
+                data[field[2:].decode()] = loads(flat[index + 1])
+            else:
+                meta[field] = flat[index + 1]
+        created = float(meta[b"c"])
+        idle = meta.get(b"i")
+        record = SessionRecord(
+            session_id=session_id,
+            data=data,
+            created_at=created,
+            last_seen=float(meta[b"l"]),
+            rotated_at=float(meta.get(b"r", created)),
+            idle_timeout=None if idle is None else int(idle),
+            fixed_expiry=_number(meta.get(b"f")),
+            browser_session=meta.get(b"b") == b"1",
+            user_id=_text(meta.get(b"u")),
+            ip=_text(meta.get(b"ip")),
+            user_agent=_text(meta.get(b"ua")),
+        )
+        alias = meta.get(b"a")
+        if alias is not None:
+            record.read_only = True
+            record.extra = {"alias_of": alias.decode()}
+        return record
+
+    async def save(
+        self,
+        token: str | None,
+        record: SessionRecord,
+        delta: Delta,
+        *,
+        now: float,
+        ttl: int,
+        rotate: bool,
+    ) -> str:
+        dumps = self.serializer.dumps_value
+        fields: list[str | bytes] = []
+        removed: list[str] = []
+        meta = [
+            ("c", record.created_at),
+            ("l", record.last_seen),
+            ("r", record.rotated_at),
+            ("i", record.idle_timeout),
+            ("f", record.fixed_expiry),
+            ("b", 1 if record.browser_session else None),
+            ("u", record.user_id),
+            ("ip", record.ip),
+            ("ua", record.user_agent),
+        ]
+        for name, value in meta:
+            if value is None:
+                removed.append(name)
+            else:
+                fields += (name, _arg(value))
+        full = token is None or rotate or delta.replace
+        updates = record.data if full else delta.updates
+        for name, value in updates.items():
+            fields += ("d:" + name, dumps(name, value))
+        if not full:
+            removed += ["d:" + name for name in delta.removed]
+        if token is not None and not rotate:
+            mode = "r" if delta.replace else "u"
+            result = await self._run(
+                _save(
+                    self.client,
+                    self._key(record.session_id),
+                    mode,
+                    ttl * 1000,
+                    len(fields) // 2,
+                    *fields,
+                    *removed,
+                )
+            )
+            if result != 1:
+                raise SessionGone("session no longer exists")
+            return token
+        # A new session, or a rotation: create the new key without ever overwriting.
+        old_id = record.session_id
+        while True:
+            new = new_token()
+            new_id = token_id(new)
+            create = _save(
+                self.client, self._key(new_id), "n", ttl * 1000, len(fields) // 2, *fields
+            )
+            if token is None:
+                created = await self._run(create)
+            else:
+                created, retired = await self._run(
+                    asyncio.gather(
+                        create,
+                        _retire(self.client, self._key(old_id), new_id, self.rotation_grace * 1000),
+                    )
+                )
+                if retired != 1:
+                    # Logged out or revoked meanwhile: the new key must not outlive it.
+                    if created == 1:
+                        await self._run(self.client.delete(self._key(new_id)))
+                    raise SessionGone("session no longer exists")
+            if created == 1:
+                break
+            logger.error("session ID collision on create; retrying")  # 2**-256: a broken RNG
+        record.session_id = new_id
+        if record.user_id is not None:
+            await self._bind(record, now)
+        return new
+
+    async def touch(self, token: str, record: SessionRecord, *, now: float, ttl: int) -> str | None:
+        result = await self._run(
+            _touch(
+                self.client,
+                self._key(record.session_id),
+                ttl * 1000,
+                repr(record.last_seen),
+                record.ip or "",
+                record.user_agent or "",
+            )
+        )
+        if result != 1:
+            raise SessionGone("session no longer exists")
+        return None
+
+    async def delete(self, token: str, record: SessionRecord) -> None:
+        keys = [self._key(token_id(token))]
+        alias_of = record.extra.get("alias_of")
+        if alias_of:
+            # Logging out on the old cookie during the grace ends the new session too.
+            keys.append(self._key(alias_of))
+        # One single-key command each: on Cluster they live in different slots.
+        operations: list[Awaitable[Any]] = [self.client.delete(k) for k in keys]
+        if record.user_id is not None:
+            index = self._user_key(record.user_id)
+            operations.append(self.client.zrem(index, record.session_id))
+        await self._run(asyncio.gather(*operations))
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self.client.aclose()
+
+    # -- per-user operations ---------------------------------------------------------
+
+    async def _bind(self, record: SessionRecord, now: float) -> None:
+        assert record.user_id is not None
+        # The index score is the latest the session can live (activity never moves
+        # the absolute deadline), so pruning by score never drops a live session.
+        score = record.absolute_expiry or now + 366 * 86400
+        members = await self._run(
+            _index(
+                self.client,
+                self._user_key(record.user_id),
+                record.session_id,
+                repr(score),
+                repr(now),
+                "",
+            )
+        )
+        await self._prune(
+            record.user_id,
+            [_decode(m) for m in members],
+            now,
+            keep_newest=self.max_sessions_per_user,
+        )
+
+    async def _states(self, ids: Sequence[str]) -> list[list[bytes | None]]:
+        fields = ("c", "l", "ip", "ua", "u", "a")
+        states: Any = await self._run(
+            asyncio.gather(*(self.client.hmget(self._key(i), fields) for i in ids))
+        )
+        return list(states)
+
+    async def _prune(
+        self, user_id: str, ids: Sequence[str], now: float, *, keep_newest: int | None = None
+    ) -> list[tuple[str, list[bytes | None]]]:
+        """Drop index members whose session is gone or belongs to someone else, evict
+        beyond ``keep_newest``; returns the live sessions, oldest first."""
+        if not ids:
+            return []
+        states = await self._states(ids)
+        live = []
+        dead = []
+        for session_id, state in zip(ids, states, strict=True):
+            created, _, _, _, owner, alias = state
+            if created is None or (owner is not None and owner.decode() != user_id):
+                dead.append(session_id)
+            elif alias is None:
+                live.append((session_id, state))
+        live.sort(key=lambda item: float(item[1][0] or 0))
+        if keep_newest is not None and len(live) > keep_newest:
+            evicted = live[: len(live) - keep_newest]
+            live = live[len(live) - keep_newest :]
+            for session_id, _ in evicted:
+                logger.info("user's session limit reached: ended session %s", session_id[:12])
+            await self._run(asyncio.gather(*(self.client.delete(self._key(i)) for i, _ in evicted)))
+            dead += [i for i, _ in evicted]
+        if dead:
+            await self._run(self.client.zrem(self._user_key(user_id), *dead))
+        return live
+
+    async def _members(self, user_id: str) -> list[str]:
+        raw = await self._run(self.client.zrange(self._user_key(user_id), 0, -1))
+        return [_decode(m) for m in raw]
+
+    async def list_sessions(self, user_id: str, *, current: str | None = None) -> list[SessionInfo]:
+        now = self.clock()
+        live = await self._prune(user_id, await self._members(user_id), now)
+        ttls = await self._run(asyncio.gather(*(self.client.pttl(self._key(i)) for i, _ in live)))
+        return [
+            SessionInfo(
+                session_id=session_id,
+                user_id=user_id,
+                created_at=float(state[0] or 0),
+                last_seen=float(state[1] or 0),
+                expires_at=now + ttl / 1000 if ttl > 0 else None,
+                ip=_text(state[2]),
+                user_agent=_text(state[3]),
+                current=session_id == current,
+            )
+            for (session_id, state), ttl in zip(live, ttls, strict=True)
+        ]
+
+    async def revoke(self, session_id: str) -> bool:
+        key = self._key(session_id)
+        owner, alias = await self._run(self.client.hmget(key, ("u", "a")))
+        if alias is not None:
+            return False
+        doomed = [session_id]
+        if owner is not None:
+            user_id = _decode(owner)
+            members = await self._members(user_id)
+            others = [m for m in members if m != session_id]
+            states = await self._states(others)
+            doomed += [
+                m
+                for m, state in zip(others, states, strict=True)
+                if state[5] == session_id.encode()
+            ]
+        deleted = await self._run(
+            asyncio.gather(*(self.client.delete(self._key(i)) for i in doomed))
+        )
+        if owner is not None:
+            await self._run(self.client.zrem(self._user_key(_decode(owner)), *doomed))
+        return bool(deleted[0])
+
+    async def revoke_user(self, user_id: str, *, keep: str | None = None) -> int:
+        members = await self._members(user_id)
+        states = await self._states(members)
+        doomed = []
+        ended = 0
+        for session_id, state in zip(members, states, strict=True):
+            alias = state[5]
+            if keep is not None and (session_id == keep or alias == keep.encode()):
+                continue
+            doomed.append(session_id)
+            ended += state[0] is not None and alias is None
+        if doomed:
+            await self._run(asyncio.gather(*(self.client.delete(self._key(i)) for i in doomed)))
+            await self._run(self.client.zrem(self._user_key(user_id), *doomed))
+        return ended

@@ -1,0 +1,165 @@
+"""Per-user sessions (DESIGN §3): bind, list with metadata, revoke one, revoke all,
+revoke all but the current one, a per-user cap, and an index that cleans itself.
+
+Runs against every server-side backend through the real middleware.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from asgi_sessions import ExpiryPolicy, SessionMiddleware
+from asgi_sessions.backends.base import UserSessions
+from tests.asgi import Client, session_app
+from tests.conftest import FakeClock
+
+pytestmark = pytest.mark.anyio
+
+Factory = Callable[..., Any]
+
+
+@pytest.fixture
+def make_backend(make_server_backend: Factory, clock: FakeClock) -> Factory:
+    def factory(**settings: Any) -> Any:
+        return make_server_backend(clock=clock, **settings)
+
+    factory.real_time = make_server_backend.real_time  # type: ignore[attr-defined]
+    return factory
+
+
+def device(backend: Any, clock: FakeClock, agent: str) -> Client:
+    client = Client(SessionMiddleware(session_app, backend=backend, clock=clock))
+    client.user_agent = agent.encode()
+    return client
+
+
+async def login(backend: Any, clock: FakeClock, agent: str, user: str = "ann") -> Client:
+    clock.advance(1)  # distinct creation times: lists are ordered by them
+    client = device(backend, clock, agent)
+    await client.get("/set?cart=1")
+    await client.get(f"/bind?user={user}")
+    return client
+
+
+async def test_bind_user_rotates_and_lists_the_session_with_metadata(
+    make_backend: Factory, clock: FakeClock
+) -> None:
+    backend = make_backend()
+    assert isinstance(backend, UserSessions)
+    client = device(backend, clock, "Firefox/130")
+    await client.get("/set?cart=1")
+    anonymous = client.jar["session"]
+    clock.advance(10)
+    await client.get("/bind?user=ann")
+    assert client.jar["session"] != anonymous  # binding a user is a privilege change
+    (info,) = await backend.list_sessions("ann")
+    assert info.user_id == "ann"
+    assert info.created_at == clock.now - 10
+    assert info.last_seen == clock.now
+    assert info.ip == "127.0.0.1"
+    assert info.user_agent == "Firefox/130"
+    assert info.expires_at is not None
+    assert info.expires_at > clock.now
+    assert not info.current
+    assert client.jar["session"] not in repr(info)
+    (marked,) = await backend.list_sessions("ann", current=info.session_id)
+    assert marked.current
+
+
+async def test_revoke_one_device(make_backend: Factory, clock: FakeClock) -> None:
+    backend = make_backend()
+    phone = await login(backend, clock, "phone")
+    laptop = await login(backend, clock, "laptop")
+    sessions = await backend.list_sessions("ann")
+    assert [s.user_agent for s in sessions] == ["phone", "laptop"]
+    assert await backend.revoke(sessions[0].session_id)
+    assert not await backend.revoke(sessions[0].session_id)
+    assert (await phone.get("/read")).json() == {}
+    assert (await laptop.get("/read")).json() == {"cart": "1", "user": "ann"}
+    assert [s.user_agent for s in await backend.list_sessions("ann")] == ["laptop"]
+
+
+async def test_revoke_all_and_revoke_all_but_current(
+    make_backend: Factory, clock: FakeClock
+) -> None:
+    backend = make_backend()
+    devices = [await login(backend, clock, f"device-{i}") for i in range(4)]
+    other = await login(backend, clock, "bob's", user="bob")
+    sessions = await backend.list_sessions("ann")
+    keep = sessions[2].session_id
+    assert await backend.revoke_user("ann", keep=keep) == 3
+    remaining = await backend.list_sessions("ann", current=keep)
+    assert [s.session_id for s in remaining] == [keep]
+    assert remaining[0].current
+    for index, client in enumerate(devices):
+        expected = {"cart": "1", "user": "ann"} if index == 2 else {}
+        assert (await client.get("/read")).json() == expected
+    assert await backend.revoke_user("ann") == 1
+    assert await backend.list_sessions("ann") == []
+    assert (await other.get("/read")).json() == {"cart": "1", "user": "bob"}
+
+
+async def test_revoke_all_also_ends_grace_aliases(make_backend: Factory, clock: FakeClock) -> None:
+    backend = make_backend(rotation_grace=30)
+    client = await login(backend, clock, "phone")
+    before = client.jar["session"]
+    await client.get("/rotate")
+    assert (await client.get("/read", cookie=f"session={before}".encode())).json() != {}
+    await backend.revoke_user("ann")
+    assert (await client.get("/read", cookie=f"session={before}".encode())).json() == {}
+    assert (await client.get("/read")).json() == {}
+
+
+async def test_max_sessions_per_user_evicts_the_oldest(
+    make_backend: Factory, clock: FakeClock
+) -> None:
+    backend = make_backend(max_sessions_per_user=2)
+    first = await login(backend, clock, "first")
+    clock.advance(1)
+    second = await login(backend, clock, "second")
+    clock.advance(1)
+    third = await login(backend, clock, "third")
+    assert [s.user_agent for s in await backend.list_sessions("ann")] == ["second", "third"]
+    assert (await first.get("/read")).json() == {}
+    assert (await second.get("/read")).json() != {}
+    assert (await third.get("/read")).json() != {}
+
+
+async def test_index_prunes_expired_sessions(make_backend: Factory, clock: FakeClock) -> None:
+    backend = make_backend()
+    old = device(backend, clock, "old")
+    old.app.policy = ExpiryPolicy(idle_timeout=1, refresh_after=0)
+    await old.get("/bind?user=ann")
+    # The store expires the record on its own clock (Redis: real time).
+    clock.advance(2)
+    if make_backend.real_time:  # type: ignore[attr-defined]
+        await asyncio.sleep(1.2)
+    await login(backend, clock, "new")
+    assert [s.user_agent for s in await backend.list_sessions("ann")] == ["new"]
+
+
+async def test_logout_removes_the_session_from_the_list(
+    make_backend: Factory, clock: FakeClock
+) -> None:
+    backend = make_backend()
+    client = await login(backend, clock, "phone")
+    await client.get("/invalidate")
+    assert await backend.list_sessions("ann") == []
+
+
+async def test_refresh_keeps_last_seen_and_agent_current_without_a_write(
+    make_backend: Factory, clock: FakeClock
+) -> None:
+    backend = make_backend()
+    client = await login(backend, clock, "phone")
+    clock.advance(2 * 3600)  # past refresh_after (idle / 10)
+    client.user_agent = b"phone, updated"
+    response = await client.get("/read")
+    assert response.set_cookies  # the refreshed cookie's Max-Age slides
+    (info,) = await backend.list_sessions("ann")
+    assert info.last_seen == clock.now
+    assert info.user_agent == "phone, updated"
