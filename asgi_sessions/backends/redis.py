@@ -34,7 +34,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import NoScriptError, RedisError
@@ -169,8 +169,8 @@ class RedisBackend:
     Every operation is bounded by ``operation_timeout`` seconds in total, whatever the
     client's own settings, and any Redis failure becomes :class:`BackendUnavailable`
     or :class:`BackendError` (the middleware answers 503, or runs fail-open).
-    ``socket_timeout``, ``connect_timeout`` and ``retries`` configure a client made
-    from a URL: redis-py's defaults (no socket timeout, several retries with backoff)
+    ``socket_timeout``, ``connect_timeout``, ``retries`` and ``max_connections``
+    configure a client made from a URL: redis-py's defaults (no socket timeout, several retries with backoff)
     would turn a stalled server into a stalled request.
 
     ``rotation_grace`` seconds (0 disables it): how long a rotated-away token keeps
@@ -191,6 +191,7 @@ class RedisBackend:
         socket_timeout: float = 0.5,
         connect_timeout: float = 0.5,
         retries: int = 1,
+        max_connections: int = 50,
         serializer: MsgpackSerializer | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -207,13 +208,18 @@ class RedisBackend:
         self._owns_client = isinstance(client, str)
         if isinstance(client, str):
             try:
-                client = Redis.from_url(
+                # A blocking pool: a burst beyond max_connections waits for a free
+                # connection (within operation_timeout) instead of failing at once.
+                pool = BlockingConnectionPool.from_url(
                     client,
+                    max_connections=max_connections,
+                    timeout=operation_timeout,
                     socket_timeout=socket_timeout,
                     socket_connect_timeout=connect_timeout,
                     retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), retries),
                     health_check_interval=30,
                 )
+                client = Redis.from_pool(pool)  # the client owns (and closes) the pool
             except ValueError as exc:
                 raise ConfigurationError(f"invalid Redis URL: {exc}") from None
         elif not isinstance(client, Redis | RedisCluster):

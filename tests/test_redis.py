@@ -1,0 +1,240 @@
+"""RedisBackend against a real Redis: what the issue's acceptance list promises."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from asgi_sessions import ConfigurationError, SessionMiddleware
+from asgi_sessions.backends.redis import RedisBackend
+from tests.asgi import Client, session_app
+from tests.conftest import FakeClock
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def backend(redis_url: str) -> AsyncIterator[RedisBackend]:
+    backend = RedisBackend(redis_url, prefix=f"t{uuid.uuid4().hex[:12]}:")
+    yield backend
+    await backend.aclose()
+
+
+def client_for(backend: RedisBackend, **settings: Any) -> Client:
+    return Client(SessionMiddleware(session_app, backend=backend, **settings))
+
+
+async def keys_of(raw: Redis, backend: RedisBackend) -> list[bytes]:
+    return [key async for key in raw.scan_iter(match=backend.prefix + "*", count=1000)]
+
+
+async def dump(raw: Redis, backend: RedisBackend) -> bytes:
+    """Every key, field and value under the backend's prefix, as one blob."""
+    parts = []
+    for key in await keys_of(raw, backend):
+        parts.append(key)
+        kind = await raw.type(key)
+        if kind == b"hash":
+            for field, value in (await raw.hgetall(key)).items():
+                parts += [field, value]
+        elif kind == b"zset":
+            parts += [m for m, _ in await raw.zrange(key, 0, -1, withscores=True)]
+    return b"\n".join(parts)
+
+
+async def test_the_raw_cookie_value_never_reaches_redis(raw: Redis, backend: RedisBackend) -> None:
+    client = client_for(backend)
+    await client.get("/set?cart=1")
+    first = client.jar["session"]
+    await client.get("/bind?user=ann")
+    second = client.jar["session"]
+    stored = await dump(raw, backend)
+    assert stored
+    for token in (first, second):
+        assert token.encode() not in stored
+
+
+async def test_requests_without_a_session_create_no_keys(raw: Redis, backend: RedisBackend) -> None:
+    client = client_for(backend)
+    for _ in range(5000):
+        response = await Client(client.app).get("/read")
+        assert response.set_cookies == []
+    for _ in range(5000):
+        forged = secrets.token_urlsafe(32)
+        response = await client.get("/read", cookie=f"session={forged}".encode())
+        assert response.json() == {}
+    assert await keys_of(raw, backend) == []
+
+
+async def test_every_key_has_a_ttl_within_the_deadlines(raw: Redis, backend: RedisBackend) -> None:
+    idle = 600
+    client = client_for(backend, idle_timeout=idle, absolute_timeout=3600)
+    await client.get("/set?k=v")
+    await client.get("/bind?user=ann")
+    browser = client_for(backend, idle_timeout=idle, absolute_timeout=3600)
+    await browser.get("/expiry?s=0")  # a browser-session cookie: the server still has a TTL
+    keys = await keys_of(raw, backend)
+    assert len(keys) >= 3  # two sessions, the grace alias, the user's index
+    for key in keys:
+        ttl = await raw.pttl(key)
+        assert 0 < ttl <= 3600 * 1000 + 1000, key
+        if b":s:" in key:
+            assert ttl <= idle * 1000 + 1000, key
+
+
+async def test_200_concurrent_requests_setting_different_keys_lose_nothing(
+    backend: RedisBackend,
+) -> None:
+    client = client_for(backend)
+    await client.get("/set?seed=1")
+    cookie = f"session={client.jar['session']}".encode()
+    worker = Client(client.app)
+    responses = await asyncio.gather(
+        *(worker.get(f"/set?k{i}={i}", cookie=cookie) for i in range(200))
+    )
+    assert all(r.status == 200 for r in responses)
+    data = (await client.get("/read")).json()
+    assert {f"k{i}" for i in range(200)} <= set(data)
+    assert len(data) == 201
+
+
+async def test_a_slow_request_during_logout_does_not_resurrect(
+    raw: Redis, backend: RedisBackend
+) -> None:
+    loaded = asyncio.Event()
+    logged_out = asyncio.Event()
+
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        loaded.set()
+        await logged_out.wait()
+        scope["session"]["late"] = "write"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    client = client_for(backend)
+    await client.get("/set?k=v")
+    cookie = f"session={client.jar['session']}".encode()
+    in_flight = asyncio.create_task(
+        Client(SessionMiddleware(slow, backend=backend)).get("/", cookie=cookie)
+    )
+    await loaded.wait()
+    await client.get("/invalidate")
+    logged_out.set()
+    response = await in_flight
+    assert "Max-Age=0" in response.set_cookies[0]
+    assert await keys_of(raw, backend) == []
+    assert (await client.get("/read", cookie=cookie)).json() == {}
+
+
+async def test_grace_alias_reads_but_never_forks_then_dies(raw: Redis, redis_url: str) -> None:
+    backend = RedisBackend(redis_url, prefix=f"t{uuid.uuid4().hex[:12]}:", rotation_grace=1)
+    try:
+        client = client_for(backend)
+        await client.get("/set?cart=1")
+        old = f"session={client.jar['session']}".encode()
+        await client.get("/login?user=ann")
+        inside = await client.get("/set?cart=2", cookie=old)
+        assert inside.json() == {"cart": "2"}  # it reads the pre-rotation data ...
+        assert inside.set_cookies == []  # ... and nothing it does is stored
+        assert len(await keys_of(raw, backend)) == 2  # the session and its alias, no fork
+        assert (await client.get("/read")).json() == {"cart": "1", "user": "ann"}
+        await asyncio.sleep(1.2)
+        assert (await client.get("/read", cookie=old)).json() == {}
+        assert len(await keys_of(raw, backend)) == 1
+    finally:
+        await backend.aclose()
+
+
+async def test_a_garbage_record_gives_an_empty_session_and_is_removed(
+    raw: Redis, backend: RedisBackend
+) -> None:
+    client = client_for(backend)
+    await client.get("/set?k=v")
+    (key,) = await keys_of(raw, backend)
+    await raw.hset(key, "d:k", b"\xc1\xff garbage")
+    response = await client.get("/read")
+    assert response.status == 200
+    assert response.json() == {}
+    assert await keys_of(raw, backend) == []
+
+
+async def test_refresh_is_folded_into_the_load(
+    raw: Redis, backend: RedisBackend, clock: FakeClock
+) -> None:
+    client = client_for(backend, idle_timeout=600, refresh_after=60, clock=clock)
+    await client.get("/set?k=v")
+    (key,) = await keys_of(raw, backend)
+    await raw.pexpire(key, 100_000)
+    clock.advance(61)
+    response = await client.get("/read")
+    assert "Max-Age=600" in response.set_cookies[0]
+    assert await raw.pttl(key) > 500_000
+    assert float(await raw.hget(key, "l")) == clock.now
+
+
+def test_decode_responses_client_is_refused(redis_url: str) -> None:
+    client = Redis.from_url(redis_url, decode_responses=True)
+    with pytest.raises(ConfigurationError, match="decode_responses"):
+        RedisBackend(client)
+
+
+def test_a_bad_url_is_refused_at_start_up() -> None:
+    with pytest.raises(ConfigurationError, match="Redis URL"):
+        RedisBackend("http://nope")
+
+
+# -- Redis commands per request, as the server sees them ---------------------------------
+
+
+async def test_command_counts(private_redis: Any, clock: FakeClock) -> None:
+    """Commands sent per request, from MONITOR (commands run inside our Lua scripts
+    are reported there as coming from "lua" and are not round trips)."""
+    raw = Redis.from_url(private_redis.url)
+    backend = RedisBackend(private_redis.url)
+    try:
+        client = client_for(backend, clock=clock)
+        await client.get("/set?k=v")  # loads the scripts into the server's cache
+        await client.get("/set?k=w")
+
+        async def count(path: str, cookie: bytes | None = None) -> int:
+            marker = uuid.uuid4().hex
+            async with raw.monitor() as monitor:
+                await (Client(client.app).get(path, cookie=cookie) if cookie else client.get(path))
+                await raw.echo(marker)
+                sent = 0
+                for _ in range(1000):
+                    command = await monitor.next_command()
+                    if marker in command["command"]:
+                        return sent
+                    name = command["command"].split(" ", 1)[0].upper()
+                    # Connection set-up (a new pooled connection's HELLO, CLIENT
+                    # SETINFO) is not a per-request round trip.
+                    if command["client_type"] != "lua" and name not in ("HELLO", "CLIENT"):
+                        sent += 1
+            raise AssertionError("marker not seen")
+
+        assert await count("/read") == 1
+        assert await count("/untouched") == 1
+        assert await count("/set?k=x") == 2
+        assert await count("/read", cookie=b"other=1") == 0
+        assert await count("/untouched", cookie=b"other=1") == 0
+        assert await count("/read", cookie=b"session=not-a-token") == 0
+        assert await count("/read", cookie=b"session=" + secrets.token_urlsafe(32).encode()) == 1
+        clock.advance(5 * 3600)  # refresh due: still one command, the refresh rides on the load
+        assert await count("/read") == 1
+    finally:
+        await backend.aclose()
+        await raw.aclose()
