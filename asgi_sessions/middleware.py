@@ -333,6 +333,15 @@ class SessionMiddleware:
                 "session %s was ended during the request; not re-created", fingerprint(token or "")
             )
             value = None
+        except BackendError as exc:
+            if action is not Action.TOUCH:
+                raise
+            # A refresh only extends the expiry of a session that was read and not
+            # changed: the response goes out as it is, and a later request refreshes.
+            logger.warning(
+                "session %s: refresh failed, expiry not extended: %s", fingerprint(token or ""), exc
+            )
+            return token
         stored = session._record
         if value is None or stored is None:
             self._set_cookies(headers, self.cookie.render_delete(seen))

@@ -80,7 +80,8 @@ class SessionBackend(Protocol):
     """A session store. Every method may raise :class:`BackendError`; none raises
     anything else for bad input."""
 
-    serializer: Serializer
+    @property
+    def serializer(self) -> Serializer: ...
 
     async def load(
         self,

@@ -36,10 +36,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from asgi_sessions._log import logger
 from asgi_sessions.backends._tokens import checked_id, new_token, token_id
@@ -76,7 +77,9 @@ if now - tonumber(m['l']) < math.min(tonumber(ARGV[2]), math.floor(idle / 2)) th
 end
 local deadline = math.min(now + idle, tonumber(m['c']) + tonumber(ARGV[4]))
 if deadline <= now then return {0, h} end
-redis.call('HSET', KEYS[1], 'l', ARGV[1], 'ip', ARGV[5], 'ua', ARGV[6])
+-- Best effort: a server out of memory refuses the write, and the read goes on.
+local ok = redis.pcall('HSET', KEYS[1], 'l', ARGV[1], 'ip', ARGV[5], 'ua', ARGV[6])
+if type(ok) == 'table' and ok.err then return {0, h} end
 redis.call('PEXPIRE', KEYS[1], math.ceil((deadline - now) * 1000))
 return {1, h}
 """
@@ -216,7 +219,11 @@ class RedisBackend:
                     timeout=operation_timeout,
                     socket_timeout=socket_timeout,
                     socket_connect_timeout=connect_timeout,
-                    retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), retries),
+                    retry=Retry(
+                        ExponentialBackoff(cap=0.1, base=0.01),
+                        retries,
+                        supported_errors=(RedisConnectionError,),
+                    ),
                     health_check_interval=30,
                 )
                 client = Redis.from_pool(pool)  # the client owns (and closes) the pool
@@ -254,10 +261,12 @@ class RedisBackend:
         try:
             async with asyncio.timeout(self.operation_timeout):
                 return await operation
-        except (TimeoutError, RedisTimeoutError) as exc:
+        except TimeoutError as exc:
             raise BackendUnavailable(
                 f"Redis did not answer within {self.operation_timeout}s"
             ) from exc
+        except RedisTimeoutError as exc:
+            raise BackendUnavailable(f"Redis timed out: {exc}") from exc
         except RedisError as exc:
             raise BackendUnavailable(f"Redis failed: {type(exc).__name__}: {exc}") from exc
 
