@@ -4,7 +4,7 @@ loop (no server, no network), side by side, in one asyncio event loop.
     python -m benchmarks.inprocess [--rounds N] [--requests N] [--quick]
                                    [--only ROWS] [--scenarios KEYS]
                                    [--markdown-out FILE] [--strict-bars]
-                                   [--profile ROW:SCENARIO ...]
+                                   [--redis-url URL] [--profile ROW:SCENARIO ...]
 
 Method: a *cell* is one (row, scenario) pair; a *sample* times ``--requests``
 back-to-back requests of one cell with ``time.perf_counter_ns``. Each round takes
@@ -17,6 +17,17 @@ the sample divided by (minus) the same round's ``bare`` sample. ``gc.collect()``
 runs before each sample, never inside one, and ``gc.freeze()`` then parks the
 survivors so no collection rescans a heap that other cells grew (the memory
 backend's sessions). A sample during which the process lost the CPU is retaken.
+
+Redis rows (DESIGN §6: ours and starsessions on Redis, and the floors: the bare app
+plus one raw GET, or a GET and a SET) talk to a private ``redis-server`` that the
+harness starts on a free loopback port and stops by its PID at the end, or to
+``--redis-url``; without either they are skipped with a note. Their samples time a
+quarter of ``--requests`` (a Redis request costs 10 to 40 bare ones), and a sample
+counts as contended when this thread and the server waited for a CPU (schedstat)
+rather than by this process's CPU share, since such a row waits on the server. Their
+Redis commands per request are counted per scenario over an untimed batch, from
+``MONITOR`` (round trips) and ``INFO commandstats`` (every command executed,
+including those a Lua script runs); see ``benchmarks.redis_server``.
 
 Correctness is checked outside the timed region, before the first sample and again
 after every sample: the scenario really happened (the read saw the stored value,
@@ -34,22 +45,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import gc
 import io
 import logging
 import pstats
 import random
+import signal
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from starlette.types import ASGIApp, Message
 
+from benchmarks.redis_server import (
+    CommandCount,
+    PrivateRedis,
+    RedisStartError,
+    count_commands,
+    redis_server_binary,
+    schedstat_wait_ns,
+)
 from benchmarks.report import environment_lines, git_revision, source_digest
 from benchmarks.rows import (
     ROWS,
@@ -58,6 +80,7 @@ from benchmarks.rows import (
     Row,
     RowUnavailable,
     Scenario,
+    configure_redis,
     make_app,
 )
 
@@ -85,6 +108,35 @@ RETAKES = 2
 # is a cache hit) and for one that verifies every request (a token seen first).
 JWT_READ_ROWS = ("ours-jwt", "ours-jwt-nocache")
 S1_RATIO_BAR = 1.2
+
+# The Redis bars: ours-redis against the raw-Redis floor of the same round, and the
+# commands it may send per request (round trips) in each scenario.
+REDIS_ROW = "ours-redis"
+REDIS_RIVAL = "starsessions-redis"
+REDIS_FLOORS = {"s2": "bare+GET", "s5": "bare+GET", "s3": "bare+GET+SET"}
+REDIS_RATIO_BAR = 1.15
+REDIS_COMMAND_BARS: dict[str, tuple[int, int, str]] = {  # key -> (least, most, wording)
+    "s1": (0, 0, "none"),
+    "s2": (1, 1, "exactly 1"),
+    "s3": (0, 2, "at most 2"),
+    "s5": (1, 1, "exactly 1"),
+}
+# Requests per cell in the untimed batch whose Redis commands are counted.
+COUNT_REQUESTS = 50
+# A Redis request costs 10 to 40 times a bare one, so a Redis row's sample times
+# this share of --requests: its samples last about as long as the others', and the
+# full run stays within about four minutes. Ratios are per request, so the pairs
+# (ours-redis with its floor, both Redis rows) are unaffected.
+REDIS_SAMPLE_SHARE = 0.25
+
+
+def redis_sample_size(requests: int) -> int:
+    return max(10, round(requests * REDIS_SAMPLE_SHARE))
+
+
+def sample_size(cell: Cell, requests: int) -> int:
+    """Requests per sample of ``cell`` when ``--requests`` is ``requests``."""
+    return redis_sample_size(requests) if cell.talks_to_redis else requests
 
 
 # -- the ASGI loop -----------------------------------------------------------------
@@ -205,7 +257,16 @@ class Cell:
     cookie: bytes | None
     template: dict[str, Any]
     samples: dict[int, float] = field(default_factory=dict)  # round -> µs per request
-    commands: int | None = None
+    commands: CommandCount | None = None  # Redis rows: counted over an untimed batch
+    retaken: int = 0  # samples taken again for contention
+
+    @property
+    def talks_to_redis(self) -> bool:
+        """A Redis row in a scenario where it sends commands (ours-redis without a
+        cookie sends none: that cell is timed like any CPU-bound one)."""
+        if self.row.redis_url is None:
+            return False
+        return self.commands is None or self.commands.round_trips > 0
 
 
 def expects_set_cookie(row: Row, scenario: Scenario) -> bool:
@@ -226,10 +287,7 @@ async def _check(cell: Cell, watch: LogWatch) -> list[str]:
     row, scenario = cell.row, cell.scenario
     problems = []
     warnings_before = watch.count
-    commands_before = row.commands() if row.commands is not None else 0
     response = await call(row.app, cell.template.copy())
-    if row.commands is not None:
-        cell.commands = row.commands() - commands_before
     body = response.body.decode("utf-8", "replace")
     if response.status != 200:
         problems.append(f"status {response.status}")
@@ -302,6 +360,8 @@ async def build_cells(
             except Exception as exc:
                 broken.setdefault(name, []).append(f"login: {exc}")
         for scenario in scenarios:
+            if row.scenarios is not None and scenario.key not in row.scenarios:
+                continue
             if row.plain_session:
                 data: dict[str, Any] | None = {"user": USER, "n": 0} if scenario.cookie else {}
                 sent = BARE_COOKIE if scenario.cookie else None
@@ -323,13 +383,66 @@ class Outcome:
     notes: list[str]
     seconds: float
     revision: str = "unknown"
+    redis: str = ""  # which Redis server the Redis rows used, for the report header
 
 
-async def sample(cell: Cell, requests: int) -> tuple[int, bool]:
-    """One timed sample: nanoseconds, and whether this process had the CPU."""
-    cpu_start = time.process_time_ns()
+def _run_queue_wait(redis_pid: int | None) -> int:
+    """Nanoseconds this thread (and the private redis-server, when there is one) spent
+    runnable but without a CPU, so far."""
+    waited = schedstat_wait_ns() or 0
+    if redis_pid is not None:
+        waited += schedstat_wait_ns(redis_pid) or 0
+    return waited
+
+
+async def sample(cell: Cell, requests: int, redis_pid: int | None = None) -> tuple[int, bool]:
+    """One timed sample: nanoseconds, and whether this process had the CPU.
+
+    A row that uses no Redis is CPU-bound: it had the CPU when this process ran for
+    at least ``CPU_SHARE`` of the wall time. A Redis row spends much of its time
+    waiting for the server, so there the test is the time this thread and the
+    server spent runnable but waiting for a CPU (``/proc/*/schedstat``): at most
+    ``1 - CPU_SHARE`` of the wall time."""
+    if not cell.talks_to_redis:
+        cpu_start = time.process_time_ns()
+        elapsed = await timed(cell.row.app, cell.template, requests)
+        return elapsed, time.process_time_ns() - cpu_start >= CPU_SHARE * elapsed
+    waited = _run_queue_wait(redis_pid)
     elapsed = await timed(cell.row.app, cell.template, requests)
-    return elapsed, time.process_time_ns() - cpu_start >= CPU_SHARE * elapsed
+    waited = _run_queue_wait(redis_pid) - waited
+    return elapsed, waited <= (1 - CPU_SHARE) * elapsed
+
+
+async def count_cells(
+    cells: Sequence[Cell],
+    skip: Callable[[Cell], bool],
+    fail: Callable[[Cell, list[str]], None],
+) -> None:
+    """Redis commands per request of every Redis cell, over an untimed batch of
+    ``COUNT_REQUESTS`` requests (after the warm-up: the scripts are cached and the
+    pool is connected, as in the steady state)."""
+    from redis.asyncio import Redis
+
+    counters: dict[str, Redis] = {}
+    try:
+        for cell in cells:
+            url = cell.row.redis_url
+            if url is None or skip(cell):
+                continue
+            if url not in counters:
+                counters[url] = Redis.from_url(url)
+            app, template = cell.row.app, cell.template
+
+            async def batch(app: ASGIApp = app, template: dict[str, Any] = template) -> None:
+                await timed(app, template, COUNT_REQUESTS)
+
+            try:
+                cell.commands = await count_commands(counters[url], batch, COUNT_REQUESTS)
+            except Exception as exc:
+                fail(cell, [f"raised {exc!r} while its Redis commands were counted"])
+    finally:
+        for counter in counters.values():
+            await counter.aclose()
 
 
 async def run(
@@ -339,6 +452,7 @@ async def run(
     requests: int,
     seed: int,
     progress: bool,
+    redis_pid: int | None = None,
 ) -> Outcome:
     started = time.perf_counter()
     watch = LogWatch()
@@ -347,6 +461,7 @@ async def run(
     notes: list[str] = []
     broken: dict[str, list[str]] = {}
     retaken = contended = 0
+    rows: list[Row] = []
 
     def fail(cell: Cell, problems: list[str]) -> None:
         for problem in problems:
@@ -365,6 +480,12 @@ async def run(
                     await timed(cell.row.app, cell.template, max(20, requests // 5))
                 except Exception as exc:
                     fail(cell, [f"raised {exc!r} in the warm-up"])
+        await count_cells(cells, lambda cell: cell.name in broken, fail)
+        if any(c.row.redis_url for c in cells) and schedstat_wait_ns() is None:
+            notes.append(
+                "/proc/thread-self/schedstat is missing here: samples of the Redis rows "
+                "were never retaken for contention"
+            )
 
         # The rows of one scenario run back to back (in a fresh order each round), so
         # a row and the floor it is compared with are timed within a fraction of a
@@ -383,6 +504,7 @@ async def run(
                     if cell.name in broken:
                         continue
                     warnings_before = watch.count
+                    size = sample_size(cell, requests)
                     for attempt in range(RETAKES + 1):
                         # Collect between samples, never inside one. Freezing what
                         # survives keeps each collection (and any inside a sample)
@@ -391,7 +513,7 @@ async def run(
                         gc.collect()
                         gc.freeze()
                         try:
-                            elapsed, had_cpu = await sample(cell, requests)
+                            elapsed, had_cpu = await sample(cell, size, redis_pid)
                         except Exception as exc:
                             fail(cell, [f"raised {exc!r} while timed"])
                             break
@@ -399,11 +521,12 @@ async def run(
                             break
                         if attempt < RETAKES:
                             retaken += 1
+                            cell.retaken += 1
                         else:
                             contended += 1
                     if cell.name in broken:
                         continue
-                    cell.samples[round_number] = elapsed / requests / 1000
+                    cell.samples[round_number] = elapsed / size / 1000
                     problems = await check(cell, watch)
                     if watch.count != warnings_before and not problems:
                         problems = [f"asgi_sessions logged a warning: {watch.last!r}"]
@@ -415,17 +538,20 @@ async def run(
                     f"round {round_number + 1}/{rounds} ({time.perf_counter() - started:.0f} s)",
                     file=sys.stderr,
                 )
-        for row in rows:
-            if row.aclose is not None:
-                await row.aclose()
     finally:
         gc.unfreeze()
+        for row in rows:
+            if row.aclose is not None:
+                with contextlib.suppress(Exception):
+                    await row.aclose()
         package_logger.removeHandler(watch)
     if retaken or contended:
+        redis_retaken = sum(c.retaken for c in cells if c.talks_to_redis)
+        of_redis = f" ({redis_retaken} of them in cells that send Redis commands)"
         notes.append(
             f"{retaken} samples were retaken because another process had the CPU for over "
-            f"{100 - 100 * CPU_SHARE:.0f}% of them; {contended} stayed contended after "
-            f"{RETAKES} retakes and were kept"
+            f"{100 - 100 * CPU_SHARE:.0f}% of them{of_redis if redis_retaken else ''}; "
+            f"{contended} stayed contended after {RETAKES} retakes and were kept"
         )
     return Outcome(cells, broken, notes, time.perf_counter() - started)
 
@@ -436,11 +562,29 @@ async def profile(name: str, key: str, requests: int, top: int) -> tuple[str, bo
     scenario = next(s for s in SCENARIOS if s.key == key)
     notes: list[str] = []
     broken: dict[str, list[str]] = {}
-    cells, _ = await build_cells([name], [scenario], notes, broken)
+    cells, rows = await build_cells([name], [scenario], notes, broken)
+    try:
+        return await _profile(cells, notes, broken, name, scenario, requests, top)
+    finally:
+        for row in rows:
+            if row.aclose is not None:
+                await row.aclose()
+
+
+async def _profile(
+    cells: list[Cell],
+    notes: list[str],
+    broken: dict[str, list[str]],
+    name: str,
+    scenario: Scenario,
+    requests: int,
+    top: int,
+) -> tuple[str, bool]:
+    key = scenario.key
     if broken:
         return f"{name} {key} BROKEN: " + "; ".join(broken[name]) + "\n", False
     if not cells:
-        return "\n".join(notes) + "\n", True
+        return "\n".join(notes or [f"{name} does not run in {key}"]) + "\n", True
     cell = cells[0]
     watch = LogWatch()
     logging.getLogger("asgi_sessions").addHandler(watch)
@@ -528,8 +672,16 @@ def render(
 
     lines = ["# asgi-sessions in-process benchmark", ""]
     lines += environment_lines(MODULE, outcome.revision)
+    if outcome.redis:
+        lines.append(f"- redis: {outcome.redis}")
+    redis_size = ""
+    if any(c.talks_to_redis for c in outcome.cells):
+        redis_size = (
+            f" ({redis_sample_size(requests)} where a row sends Redis commands: see the notes)"
+        )
     lines += [
-        f"- method: {rounds} rounds x {requests} requests per sample; each round runs the "
+        f"- method: {rounds} rounds x {requests} requests per sample{redis_size}; each "
+        "round runs the "
         "scenarios in a shuffled order and, within a scenario, every row back to back in a "
         "shuffled order; µs is the median over rounds of each sample's mean; the ratio and "
         "the overhead are medians over rounds of the row paired with `bare` of the same "
@@ -538,9 +690,14 @@ def render(
         "µs per request (ratio to `bare` in the same scenario):",
         "",
     ]
-    header = ["row", *(f"{s.key}: {s.title}" for s in scenarios), "Redis cmds/req"]
+    header = [
+        "row",
+        *(f"{s.key}: {s.title}" for s in scenarios),
+        "Redis cmds/req",
+        "commandstats calls/req",
+    ]
     lines.append("| " + " | ".join(header) + " |")
-    lines.append("|---" + "|---:" * len(scenarios) + "|:---:|")
+    lines.append("|---" + "|---:" * len(scenarios) + "|:---:|:---:|")
     for name in measured:
         texts = []
         for scenario in scenarios:
@@ -553,12 +710,21 @@ def render(
                 texts.append(f"{fig.micros:.1f} µs")
             else:
                 texts.append(f"{fig.micros:.1f} µs ({fig.ratio:.2f}x)")
-        counts = [grid[(name, s.key)].commands for s in scenarios if (name, s.key) in grid]
+        cells = [grid.get((name, s.key)) for s in scenarios]
+        counts = [None if c is None else c.commands for c in cells]
         if all(c is None for c in counts):
-            commands = "-"
+            commands = executed = "-"
         else:
-            commands = "/".join("?" if c is None else str(c) for c in counts)
-        lines.append(f"| {name} | " + " | ".join(texts) + f" | {commands} |")
+            # One figure per scenario, in column order: "-" where the row did not run.
+            commands = "/".join(
+                "-" if cell is None else "?" if count is None else count.round_trips_text
+                for cell, count in zip(cells, counts, strict=True)
+            )
+            executed = "/".join(
+                "-" if cell is None else "?" if count is None else count.executed_text
+                for cell, count in zip(cells, counts, strict=True)
+            )
+        lines.append(f"| {name} | " + " | ".join(texts) + f" | {commands} | {executed} |")
 
     lines += [
         "",
@@ -639,10 +805,10 @@ def render(
             f"was faster in {100 * share:.0f}% of rounds (bar: less overhead than "
             "Starlette's SessionMiddleware)"
         )
-    lines.append(
-        "- not measured here: the Redis bars (no Redis rows yet) and flat memory over a "
-        "million requests"
-    )
+    redis_lines, redis_hold = redis_bars(outcome, names, scenarios)
+    lines += redis_lines
+    all_hold &= redis_hold
+    lines.append("- not measured here: flat memory over a million requests")
 
     lines += ["", "Rows:", ""]
     lines += [f"- `{n}`: {ROWS[n].description}" for n in names]
@@ -654,17 +820,128 @@ def render(
         "",
         "- `bare` has no session middleware; the harness puts a plain dict into "
         "`scope['session']` so the same handlers run, and sends a dummy cookie of "
-        "typical size in the cookie scenarios.",
+        "typical size in the cookie scenarios. `bare+GET` and `bare+GET+SET` are the same "
+        "app behind one raw Redis GET (and SET) per request, whatever the scenario.",
         "- starsessions re-signs and re-sends its cookie on every response of a non-empty "
-        "session, so its s2/s5 include a Set-Cookie; ours and Starlette's send none there.",
+        "session, so its s2/s5 include a Set-Cookie; ours and Starlette's send none there. "
+        "With its Redis store that is also a SET on every such request.",
         "- Cookie scenarios reuse one login cookie per row; s3 writes a new value each "
         "request on that same cookie; s4 creates a new session each request (for "
         "`ours-memory` the store keeps growing; past 100,000 sessions it evicts).",
     ]
+    if any(c.commands is not None for c in outcome.cells):
+        order = "/".join(s.key for s in scenarios)
+        lines += [
+            f"- Redis cmds/req ({order}): the commands the row's client sent per request "
+            "(round trips), from `MONITOR` over an untimed batch of "
+            f"{COUNT_REQUESTS} requests per cell after the warm-up (commands a Lua script "
+            "runs inside one EVALSHA, and connection set-up, are not round trips). "
+            "commandstats calls/req: the sum of `calls` in `INFO commandstats` over the "
+            "same batch (the counting's own INFO/MONITOR/ECHO excluded), which also counts "
+            "every command run inside a script.",
+            "- The Redis rows each have one pooled `redis.asyncio` client made as "
+            "`RedisBackend(url)` makes its own (blocking pool, same timeouts and retries). "
+            "Where a row sends Redis commands (a non-zero Redis cmds/req), a sample times "
+            f"{100 * REDIS_SAMPLE_SHARE:.0f}% of the requests of the others (its requests "
+            "cost 10 to 40 bare ones), and it is retaken when this thread and the private "
+            f"redis-server together waited for a CPU over {100 - 100 * CPU_SHARE:.0f}% of "
+            "its wall time (`/proc/*/schedstat`) rather than by this process's CPU share, "
+            "since such a cell waits on the server.",
+        ]
     lines += [f"- {note}" for note in outcome.notes]
     for name, problems in outcome.broken.items():
         lines.append(f"- **{name} BROKEN** (not timed further): " + "; ".join(problems[:5]))
     return "\n".join(lines) + "\n", all_hold
+
+
+def _paired(
+    grid: dict[tuple[str, str], Cell], name: str, other: str, key: str
+) -> list[tuple[float, float]]:
+    """(this row's sample, the other row's sample) for every round both have."""
+    mine, theirs = grid.get((name, key)), grid.get((other, key))
+    if mine is None or theirs is None:
+        return []
+    return [(v, theirs.samples[r]) for r, v in mine.samples.items() if r in theirs.samples]
+
+
+def redis_bars(
+    outcome: Outcome, names: Sequence[str], scenarios: Sequence[Scenario]
+) -> tuple[list[str], bool]:
+    """The DESIGN §6 Redis bar lines, and whether every measured one holds: ours-redis
+    against the raw-Redis floor of the same round, its commands per request, and
+    against starsessions with its Redis store."""
+    if REDIS_ROW not in names:
+        return [], True
+    grid = {(c.name, c.scenario.key): c for c in outcome.cells if c.name not in outcome.broken}
+    if not any(name == REDIS_ROW for name, _ in grid):
+        why = "the row is broken" if REDIS_ROW in outcome.broken else "the row did not run"
+        return [f"- NOT MEASURED: the Redis bars ({why}; see the notes)"], True
+    lines = []
+    all_hold = True
+
+    def verdict(ok: bool) -> str:
+        nonlocal all_hold
+        all_hold &= ok
+        return "PASS" if ok else "FAIL"
+
+    for scenario in scenarios:
+        key = scenario.key
+        floor = REDIS_FLOORS.get(key)
+        if floor is None:
+            continue
+        pairs = _paired(grid, REDIS_ROW, floor, key)
+        if not pairs:
+            lines.append(
+                f"- NOT MEASURED: {key} {REDIS_ROW} vs {floor} (a row is missing or broken)"
+            )
+            continue
+        ratios = [v / f for v, f in pairs]
+        ratio = statistics.median(ratios)
+        overhead = statistics.median(v - f for v, f in pairs)
+        q1, _, q3 = _quartiles(ratios)
+        ours = statistics.median(grid[(REDIS_ROW, key)].samples.values())
+        base = statistics.median(grid[(floor, key)].samples.values())
+        lines.append(
+            f"- {verdict(ratio <= REDIS_RATIO_BAR)}: {key} ({scenario.title}) {REDIS_ROW} is "
+            f"{ratio:.2f}x {floor} ({ours:.1f} vs {base:.1f} µs, {overhead:+.1f} µs; quartiles "
+            f"{q1:.2f}-{q3:.2f}; bar: within {REDIS_RATIO_BAR}x)"
+        )
+    for scenario in scenarios:
+        key = scenario.key
+        if key not in REDIS_COMMAND_BARS or (REDIS_ROW, key) not in grid:
+            continue
+        least, most, wording = REDIS_COMMAND_BARS[key]
+        count = grid[(REDIS_ROW, key)].commands
+        if count is None:
+            lines.append(f"- NOT MEASURED: {key} {REDIS_ROW} Redis commands per request")
+            continue
+        ok = least * count.requests <= count.round_trips <= most * count.requests
+        lines.append(
+            f"- {verdict(ok)}: {key} ({scenario.title}) {REDIS_ROW} sends "
+            f"{count.round_trips_text} Redis command{'' if count.round_trips == count.requests else 's'} "
+            f"per request (bar: {wording})"
+        )
+    for scenario in scenarios:
+        key = scenario.key
+        pairs = _paired(grid, REDIS_ROW, REDIS_RIVAL, key)
+        if not pairs:
+            if REDIS_RIVAL in names:
+                lines.append(
+                    f"- NOT MEASURED: {key} {REDIS_ROW} vs {REDIS_RIVAL} (a row is missing "
+                    "or broken)"
+                )
+            continue
+        differences = [v - r for v, r in pairs]
+        share = sum(d < 0 for d in differences) / len(differences)
+        ours = statistics.median(grid[(REDIS_ROW, key)].samples.values())
+        theirs = statistics.median(grid[(REDIS_RIVAL, key)].samples.values())
+        lines.append(
+            f"- {verdict(statistics.median(differences) < 0)}: {key} ({scenario.title}) "
+            f"{REDIS_ROW} {ours:.1f} µs vs {REDIS_RIVAL} {theirs:.1f} µs; {REDIS_ROW} was "
+            f"faster in {100 * share:.0f}% of rounds (bar: faster than starsessions with "
+            "its Redis store)"
+        )
+    return lines, all_hold
 
 
 # -- command line ------------------------------------------------------------------
@@ -713,6 +990,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile-top", type=int, default=15, metavar="N", help="functions to list (15)"
     )
+    parser.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="the Redis server for the Redis rows (keys under 'bench:', never flushed); "
+        "by default the benchmark starts a private redis-server on a free loopback port "
+        "and stops it at the end, or skips those rows when redis-server is missing",
+    )
     args = parser.parse_args(argv)
     default_rounds, default_requests = QUICK if args.quick else FULL
     args.rounds = default_rounds if args.rounds is None else args.rounds
@@ -744,15 +1028,110 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _raise_system_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C and SIGTERM raise at once, wherever the loop is.
+
+    asyncio.run() would turn the first Ctrl-C into a cancellation of the main task,
+    and on Python 3.11 redis-py can lose a cancellation (asyncio.wait_for around its
+    socket writes returns the result when the cancel lands as the write completes,
+    CPython gh-86296), so the run would go on. A handler of our own makes asyncio.run
+    leave SIGINT alone."""
+    previous = {
+        signal.SIGINT: signal.signal(signal.SIGINT, _raise_keyboard_interrupt),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_system_exit),
+    }
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+@contextlib.contextmanager
+def redis_for(needed: bool, url: str | None) -> Iterator[tuple[int | None, str]]:
+    """Point the Redis rows at a server for the duration of the block: ``url``, else
+    a private redis-server (stopped by its PID when the block ends, also on an error,
+    Ctrl-C or SIGTERM), else none (the rows are skipped with a note). Yields the
+    private server's PID (or None) and a line for the report."""
+    if not needed:
+        configure_redis(None, "not requested")
+        yield None, ""
+        return
+    if url is not None:
+        from redis import Redis
+
+        try:
+            with Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2) as client:
+                version = client.info("server").get("redis_version", "?")
+        except Exception as exc:
+            raise SystemExit(f"error: --redis-url {_without_password(url)}: {exc!r}") from None
+        configure_redis(url)
+        yield None, f"redis-server {version} at {_without_password(url)} (--redis-url)"
+        return
+    if redis_server_binary() is None:
+        why = "redis-server is not on PATH (install it, or pass --redis-url URL)"
+        configure_redis(None, why)
+        yield None, f"none: {why}"
+        return
+    with _interruptible():
+        try:
+            server = PrivateRedis()
+            server.__enter__()
+        except RedisStartError as exc:
+            why = f"the private redis-server did not start: {exc}"
+            configure_redis(None, why)
+            yield None, f"none: {why}"
+            return
+        try:
+            configure_redis(server.url)
+            print(
+                f"note: private redis-server {server.version} on {server.url} (pid {server.pid})",
+                file=sys.stderr,
+            )
+            yield (
+                server.pid,
+                f"a private redis-server {server.version} on a free loopback port, "
+                '`--save "" --appendonly no`, started and stopped by the benchmark',
+            )
+        finally:
+            server.stop()
+            configure_redis(None, "the private redis-server was stopped")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.profile_cells:
-        behaved = True
-        for name, key in args.profile_cells:
-            text, ok = asyncio.run(profile(name, key, args.requests, args.profile_top))
-            behaved &= ok
-            print(text)
-        return 0 if behaved else 1
+    wanted = {name for name, _ in args.profile_cells} if args.profile_cells else args.names
+    needs_redis = any(ROWS[name].redis for name in wanted)
+    with redis_for(needs_redis, args.redis_url) as (redis_pid, redis_line):
+        if args.profile_cells:
+            behaved = True
+            for name, key in args.profile_cells:
+                text, ok = asyncio.run(profile(name, key, args.requests, args.profile_top))
+                behaved &= ok
+                print(text)
+            return 0 if behaved else 1
+        return _benchmark(args, redis_pid, redis_line)
+
+
+def _benchmark(args: argparse.Namespace, redis_pid: int | None, redis_line: str) -> int:
     revision, digest = git_revision(), source_digest()
     outcome = asyncio.run(
         run(
@@ -762,9 +1141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.requests,
             args.seed,
             progress=not args.quiet,
+            redis_pid=redis_pid,
         )
     )
     outcome.revision = revision
+    outcome.redis = redis_line
     if source_digest() != digest:
         outcome.notes.append(
             "**the asgi_sessions sources changed on disk during the run**: the figures "
@@ -784,4 +1165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

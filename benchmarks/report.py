@@ -14,7 +14,16 @@ from pathlib import Path
 
 __all__ = ["environment_lines", "git_revision", "package_version", "source_digest"]
 
-PACKAGES = ("asgi-sessions", "starlette", "starsessions", "pyjwt", "itsdangerous")
+PACKAGES = (
+    "asgi-sessions",
+    "starlette",
+    "starsessions",
+    "pyjwt",
+    "itsdangerous",
+    "redis",
+    "hiredis",
+    "msgpack",
+)
 _REPO = Path(__file__).resolve().parent.parent
 
 

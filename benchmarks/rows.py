@@ -37,7 +37,9 @@ __all__ = [
     "RowSpec",
     "RowUnavailable",
     "Scenario",
+    "configure_redis",
     "make_app",
+    "redis_url",
     "row",
 ]
 
@@ -132,9 +134,13 @@ class Row:
     # The floor: no session middleware at all, so the harness itself puts a plain
     # dict into scope["session"] for the handlers that use request.session.
     plain_session: bool = False
-    # Redis commands issued so far (a counter the harness reads before and after a
-    # request); None for rows that use no Redis.
-    commands: Callable[[], int] | None = None
+    # The Redis server this row's commands go to (None: the row uses no Redis). The
+    # harness counts the commands there per scenario, over an untimed batch of
+    # requests, for the "Redis cmds/req" column.
+    redis_url: str | None = None
+    # The scenario keys this row runs (None: all of them). The raw-Redis floors run
+    # only where a bar compares with them, which keeps the full run short.
+    scenarios: frozenset[str] | None = None
     aclose: Callable[[], Awaitable[None]] | None = None
 
 
@@ -146,21 +152,43 @@ class RowSpec:
     name: str
     description: str
     factory: RowFactory
+    redis: bool = False  # the row needs a Redis server (see configure_redis)
 
 
 ROWS: dict[str, RowSpec] = {}
 
 
-def row(name: str, description: str) -> Callable[[RowFactory], RowFactory]:
-    """Register ``factory(inner_app) -> Row`` under ``name`` (in display order)."""
+def row(name: str, description: str, *, redis: bool = False) -> Callable[[RowFactory], RowFactory]:
+    """Register ``factory(inner_app) -> Row`` under ``name`` (in display order);
+    ``redis=True`` for a row that needs the server given to :func:`configure_redis`."""
 
     def register(factory: RowFactory) -> RowFactory:
         if name in ROWS:
             raise ValueError(f"row {name!r} registered twice")
-        ROWS[name] = RowSpec(name, description, factory)
+        ROWS[name] = RowSpec(name, description, factory, redis)
         return factory
 
     return register
+
+
+# -- the Redis server the Redis rows use -------------------------------------------
+
+_redis_url: str | None = None
+_redis_missing = "no Redis server was configured for this run"
+
+
+def configure_redis(url: str | None, why_not: str = "") -> None:
+    """The server the Redis rows use from now on (the harness starts a private one, or
+    takes ``--redis-url``); ``None`` makes them unavailable, ``why_not`` says why."""
+    global _redis_url, _redis_missing
+    _redis_url = url
+    _redis_missing = why_not or "no Redis server was configured for this run"
+
+
+def redis_url() -> str:
+    if _redis_url is None:
+        raise RowUnavailable(_redis_missing)
+    return _redis_url
 
 
 @row("bare", "the Starlette app, no session middleware (the floor)")
@@ -224,3 +252,116 @@ async def _ours_jwt(inner: ASGIApp) -> Row:
 )
 async def _ours_jwt_nocache(inner: ASGIApp) -> Row:
     return _jwt_row(inner, cache_size=0)
+
+
+# -- Redis rows ----------------------------------------------------------------------
+#
+# Every Redis row gets one pooled redis.asyncio client of its own, made exactly as
+# RedisBackend makes one from a URL (a blocking pool, the same socket timeouts,
+# retries and health checks): the floors and starsessions are built on the very
+# client a RedisBackend(url) creates, so no row gets cheaper connection handling.
+# Keys live under "bench:" prefixes and all expire; nothing is ever flushed.
+
+REDIS_PREFIX = "bench:"
+FLOOR_KEY = REDIS_PREFIX + "floor"
+# A value about the size of a small session record (what the floors read and write).
+FLOOR_VALUE = b"\x82\xa4user\xa5alice\xa1n\x00" + b"m" * 100
+FLOOR_TTL = 3600
+
+
+def _redis_client(url: str) -> tuple[Any, Callable[[], Awaitable[None]]]:
+    """A client configured as RedisBackend(url) configures its own, and its closer."""
+    try:
+        from asgi_sessions.backends.redis import RedisBackend
+    except Exception as exc:  # redis-py missing, or the module does not import
+        raise RowUnavailable(f"asgi_sessions.backends.redis does not import: {exc!r}") from exc
+    backend = RedisBackend(url, prefix=REDIS_PREFIX + "unused:")
+    return backend.client, backend.aclose
+
+
+class RawRedisFloor:
+    """The floor of the Redis scenarios: one raw ``GET`` of a fixed key before the
+    app runs (and, with ``write``, one raw ``SET`` of it after), in the middleware
+    position, on every request. No session logic at all."""
+
+    def __init__(self, app: ASGIApp, client: Any, *, write: bool) -> None:
+        self.app = app
+        self.client = client
+        self.write = write
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        client = self.client
+        await client.get(FLOOR_KEY)
+        await self.app(scope, receive, send)
+        if self.write:
+            await client.set(FLOOR_KEY, FLOOR_VALUE, ex=FLOOR_TTL)
+
+
+async def _floor(inner: ASGIApp, *, write: bool, scenarios: frozenset[str]) -> Row:
+    url = redis_url()
+    client, aclose = _redis_client(url)
+    try:
+        await client.set(FLOOR_KEY, FLOOR_VALUE, ex=FLOOR_TTL)
+    except Exception as exc:
+        await aclose()
+        raise RowUnavailable(f"Redis at the configured URL does not answer: {exc!r}") from exc
+    return Row(
+        RawRedisFloor(inner, client, write=write),
+        plain_session=True,
+        redis_url=url,
+        scenarios=scenarios,
+        aclose=aclose,
+    )
+
+
+@row(
+    "bare+GET",
+    "the bare app behind a tiny middleware that awaits one raw Redis GET of a fixed "
+    "key per request (the floor of the Redis read and untouched scenarios: run in "
+    "s2 and s5 only)",
+    redis=True,
+)
+async def _bare_get(inner: ASGIApp) -> Row:
+    return await _floor(inner, write=False, scenarios=frozenset({"s2", "s5"}))
+
+
+@row(
+    "bare+GET+SET",
+    "the same plus one raw SET of that key after the app (the floor of the Redis "
+    "read-modify-write scenario: run in s3 only)",
+    redis=True,
+)
+async def _bare_get_set(inner: ASGIApp) -> Row:
+    return await _floor(inner, write=True, scenarios=frozenset({"s3"}))
+
+
+@row("ours-redis", "asgi_sessions.SessionMiddleware + RedisBackend(url)", redis=True)
+async def _ours_redis(inner: ASGIApp) -> Row:
+    from asgi_sessions import SessionMiddleware
+
+    url = redis_url()
+    try:
+        from asgi_sessions.backends.redis import RedisBackend
+    except Exception as exc:
+        raise RowUnavailable(f"asgi_sessions.backends.redis does not import: {exc!r}") from exc
+    backend = RedisBackend(url, prefix=REDIS_PREFIX + "ours:")
+    return Row(SessionMiddleware(inner, backend=backend), redis_url=url, aclose=backend.aclose)
+
+
+@row(
+    "starsessions-redis",
+    "starsessions SessionMiddleware + autoload, RedisStore on a client made as "
+    "RedisBackend(url) makes its own",
+    redis=True,
+)
+async def _starsessions_redis(inner: ASGIApp) -> Row:
+    try:
+        from starsessions import SessionAutoloadMiddleware, SessionMiddleware
+        from starsessions.stores.redis import RedisStore
+    except ImportError as exc:
+        raise RowUnavailable(f"starsessions' RedisStore does not import ({exc})") from exc
+    url = redis_url()
+    client, aclose = _redis_client(url)
+    store = RedisStore(connection=client, prefix=REDIS_PREFIX + "starsessions:")
+    app = SessionMiddleware(SessionAutoloadMiddleware(inner), store=store, lifetime=LIFETIME)
+    return Row(app, resaves_unchanged=True, redis_url=url, aclose=aclose)
