@@ -18,7 +18,7 @@ index's is the latest absolute deadline of its members. TTLs are always relative
 (PEXPIRE), so the app servers' clocks and Redis's need not agree.
 
 Round trips: a load is one EVALSHA (HGETALL, with the sliding-expiry refresh folded
-in when it is due); a commit is one EVALSHA that checks the session still exists,
+in when it is due, answered as one msgpack string); a commit is one EVALSHA that checks the session still exists,
 writes only the changed ``d:`` fields and sets the TTL. So two requests that change
 different keys both land; for the same key the last commit wins. A rotation writes
 the new key and turns the old one into a read-only alias (two single-key scripts
@@ -34,6 +34,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import msgpack
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
@@ -62,6 +63,7 @@ T = TypeVar("T")
 Client = Redis | RedisCluster
 
 _DATA = b"d:"
+_unpackb = msgpack.unpackb
 _LOAD = """
 local h = redis.call('HGETALL', KEYS[1])
 if #h == 0 then return false end
@@ -69,19 +71,19 @@ local m = {}
 for i = 1, #h, 2 do
   if string.sub(h[i], 1, 2) ~= 'd:' then m[h[i]] = h[i + 1] end
 end
-if ARGV[1] == '' or m['a'] or m['f'] or not m['c'] then return {0, h} end
+if ARGV[1] == '' or m['a'] or m['f'] or not m['c'] then return cmsgpack.pack({0, h}) end
 local now = tonumber(ARGV[1])
 local idle = tonumber(m['i'] or ARGV[3])
 if now - tonumber(m['l']) < math.min(tonumber(ARGV[2]), math.floor(idle / 2)) then
-  return {0, h}
+  return cmsgpack.pack({0, h})
 end
 local deadline = math.min(now + idle, tonumber(m['c']) + tonumber(ARGV[4]))
-if deadline <= now then return {0, h} end
+if deadline <= now then return cmsgpack.pack({0, h}) end
 -- Best effort: a server out of memory refuses the write, and the read goes on.
 local ok = redis.pcall('HSET', KEYS[1], 'l', ARGV[1], 'ip', ARGV[5], 'ua', ARGV[6])
-if type(ok) == 'table' and ok.err then return {0, h} end
+if type(ok) == 'table' and ok.err then return cmsgpack.pack({0, h}) end
 redis.call('PEXPIRE', KEYS[1], math.ceil((deadline - now) * 1000))
-return {1, h}
+return cmsgpack.pack({1, h})
 """
 _SAVE = """
 if ARGV[1] == 'n' then
@@ -297,8 +299,10 @@ class RedisBackend:
         reply = await self._run(_load(self.client, key, *args))
         if not reply:
             return None
-        refreshed, flat = reply
         try:
+            # One msgpack string instead of a nested reply: redis-py parses nested
+            # multi-bulk replies in pure Python, element by element.
+            refreshed, flat = _unpackb(reply, raw=True)
             record = self._parse(session_id, flat)
         except (SerializationError, ValueError, TypeError, UnicodeDecodeError) as exc:
             logger.warning(
