@@ -175,20 +175,17 @@ class SessionMiddleware:
         scope["session"] = session
 
         start_type = "http.response.start" if kind == "http" else "websocket.accept"
-        replaced = False
 
         async def commit_then_send(message: Message) -> None:
-            nonlocal replaced, token
-            token, replaced = await self._guarded_commit(
-                message, session, token, read.names, scope, send
-            )
-            if not replaced:
+            nonlocal token
+            token = await self._guarded_commit(message, session, token, read.names, scope, send)
+            if not session._replaced:
                 await send(message)
 
         # A plain function returning the awaitable: messages that need no commit go
         # straight to the server's send without a coroutine of ours around them.
         def send_wrapper(message: Message) -> Awaitable[None]:
-            if replaced:
+            if session._replaced:
                 return _done()
             msg_type = message["type"]
             # A session that was never touched and has no stored record has nothing
@@ -217,19 +214,17 @@ class SessionMiddleware:
         except Exception:
             # Frameworks end a socket that the client closed by raising from
             # receive() (Starlette's WebSocketDisconnect): a normal end, not a failure.
-            if disconnected and not replaced:
+            if disconnected and not session._replaced:
                 await self._commit_after_socket(session, token, scope)
             raise
-        if not replaced:
+        if not session._replaced:
             await self._commit_after_socket(session, token, scope)
 
     async def _commit_new(
         self, message: Message, session: Session, scope: Scope, send: Send
     ) -> None:
-        _, replaced = await self._guarded_commit(message, session, None, (), scope, send)
-        if replaced:
-            session._replaced = True  # the app's body messages are dropped
-        else:
+        await self._guarded_commit(message, session, None, (), scope, send)
+        if not session._replaced:
             await send(message)
 
     async def _guarded_commit(
@@ -240,18 +235,20 @@ class SessionMiddleware:
         seen: tuple[str, ...],
         scope: Scope,
         send: Send,
-    ) -> tuple[str | None, bool]:
-        """:meth:`_commit` under the store-failure policy. Returns the token in force
-        and whether a 503 was sent in place of ``message``."""
+    ) -> str | None:
+        """:meth:`_commit` under the store-failure policy. Returns the token in force;
+        when a 503 was sent in place of ``message``, marks the session replaced so the
+        app's further messages are dropped."""
         try:
-            return await self._commit(message, session, token, seen, scope), False
+            return await self._commit(message, session, token, seen, scope)
         except BackendError as exc:
             if not self.fail_open:
                 logger.error("session store failed on commit, answering 503: %s", exc)
                 await _unavailable(scope, send)
-                return token, True
+                session._replaced = True
+                return token
             logger.warning("session store failed on commit, session not saved: %s", exc)
-            return token, False
+            return token
 
     async def _load(self, token: str, now: float, scope: Scope) -> SessionRecord | None:
         """The record for a cookie value, or ``None`` (logged) when it is malformed,
