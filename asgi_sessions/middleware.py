@@ -148,6 +148,9 @@ class SessionMiddleware:
         # __call__ small: Python creates all of a function's closure cells on entry.
         read = self.cookie.read(scope["headers"])
         token = read.value
+        # Nothing is due for the stored session at load time (no refresh, rotation or
+        # re-issue): unless the app changes it, its response needs no commit at all.
+        quiet = False
         if token is None:
             if read.problem is not None:
                 logger.warning("session cookie rejected: %s", read.problem)
@@ -172,6 +175,13 @@ class SessionMiddleware:
                 session = Session(
                     record.data, record=record, check=self._check, policy=self.policy, now=now
                 )
+                policy = self.policy
+                quiet = not (
+                    record.refreshed
+                    or record.reissue
+                    or policy.refresh_due(record, now)
+                    or policy.rotation_due(record, now)
+                )
         scope["session"] = session
 
         start_type = "http.response.start" if kind == "http" else "websocket.accept"
@@ -193,6 +203,11 @@ class SessionMiddleware:
             if (msg_type == start_type or msg_type == "websocket.http.response.start") and (
                 session.accessed or token is not None
             ):
+                if quiet and not (session.modified or session._invalidated or session._rotate):
+                    # A read or an untouched request: no coroutine, clock or backend.
+                    if session.accessed:
+                        _add_vary(message)
+                    return send(message)
                 return commit_then_send(message)
             return send(message)
 
@@ -278,12 +293,7 @@ class SessionMiddleware:
     ) -> str | None:
         """Apply the commit rules at the start of the response; returns the token in
         force afterwards (``None`` when there is no stored session)."""
-        headers = message.get("headers")
-        if headers is None:
-            headers = message["headers"] = []
-        elif not isinstance(headers, list):
-            headers = message["headers"] = list(headers)
-
+        headers = _headers(message)
         if session.accessed and not _varies_on_cookie(headers):
             headers.append(_VARY)
 
@@ -385,6 +395,7 @@ class SessionMiddleware:
         record.absolute_expiry = self.policy.absolute_deadline(record)
         if record.fixed_expiry is not None:
             record.absolute_expiry = min(record.absolute_expiry, record.fixed_expiry)
+        record.sliding = self.policy.sliding(record)
         ttl = self.policy.ttl(record, now)
         if action is Action.SAVE:
             record.data = dict(dict.items(session))
@@ -463,6 +474,22 @@ def _client(scope: Scope) -> tuple[str | None, str | None]:
             user_agent = value[:256].decode("latin-1")
             break
     return ip, user_agent
+
+
+def _headers(message: Message) -> list[tuple[bytes, bytes]]:
+    """The response's header list, made a mutable list in place."""
+    headers = message.get("headers")
+    if headers is None:
+        headers = message["headers"] = []
+    elif not isinstance(headers, list):
+        headers = message["headers"] = list(headers)
+    return headers
+
+
+def _add_vary(message: Message) -> None:
+    headers = _headers(message)
+    if not _varies_on_cookie(headers):
+        headers.append(_VARY)
 
 
 def _varies_on_cookie(headers: list[tuple[bytes, bytes]]) -> bool:

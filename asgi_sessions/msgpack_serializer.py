@@ -333,6 +333,24 @@ class MsgpackSerializer:
 
     # -- reading -------------------------------------------------------------------
 
+    def unpack(self, raw: bytes) -> Any:
+        """Any msgpack document under ``max_size`` bytes, with the timestamp extension
+        as UTC datetimes; :class:`SerializationError` for anything else. The result
+        is not checked: pass the session data in it to :meth:`check_loaded`."""
+        return self._unpack(raw)
+
+    def check_loaded(self, data: Any) -> dict[str, Any]:
+        """``data`` if it is a session's data as the dump methods produce it (a
+        ``dict`` with ``str`` keys of storable values, at most ``max_depth``
+        deep); :class:`SerializationError` otherwise."""
+        if type(data) is not dict:
+            raise SerializationError(f"stored record is a msgpack {type(data).__name__}, not a map")
+        # The session's values sit at depth 0, like the values :meth:`check` sees.
+        problem = _find_problem(data, -1, (), self.max_depth)
+        if problem is not None:
+            self._invalid_record(problem)
+        return data
+
     def _unpack(self, raw: bytes) -> Any:
         if len(raw) > self.max_size:
             raise SerializationError(
@@ -364,14 +382,7 @@ class MsgpackSerializer:
     def loads(self, raw: bytes) -> dict[str, Any]:
         """A whole session from :meth:`dumps` bytes: a ``dict`` with ``str`` keys;
         any other input raises :class:`SerializationError`."""
-        data = self._unpack(raw)
-        if type(data) is not dict:
-            raise SerializationError(f"stored record is a msgpack {type(data).__name__}, not a map")
-        # The session's values sit at depth 0, like the values :meth:`check` sees.
-        problem = _find_problem(data, -1, (), self.max_depth)
-        if problem is not None:
-            self._invalid_record(problem)
-        return data
+        return self.check_loaded(self._unpack(raw))
 
     @staticmethod
     def _invalid_record(problem: tuple[_Path, Any, str]) -> NoReturn:

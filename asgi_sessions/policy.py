@@ -78,13 +78,20 @@ class ExpiryPolicy:
     def is_expired(self, record: SessionRecord, now: float) -> bool:
         return now >= self.deadline(record)
 
-    def refresh_due(self, record: SessionRecord, now: float) -> bool:
+    def sliding(self, record: SessionRecord) -> tuple[int, int] | None:
+        """``(refresh period, idle timeout)`` in seconds for a session whose expiry
+        slides; ``None`` for a fixed expiry, which is never extended."""
         if record.fixed_expiry is not None:
-            return False  # a fixed expiry does not slide, so there is nothing to extend
+            return None
         idle = self.idle_timeout if record.idle_timeout is None else record.idle_timeout
         # A short per-session idle timeout (set_expiry(60)) must still be refreshed
         # before it runs out, whatever the global throttle says.
-        return now - record.last_seen >= min(self.refresh_after, idle // 2)
+        return min(self.refresh_after, idle // 2), idle
+
+    def refresh_due(self, record: SessionRecord, now: float) -> bool:
+        sliding = self.sliding(record)
+        # A fixed expiry does not slide, so there is nothing to extend.
+        return sliding is not None and now - record.last_seen >= sliding[0]
 
     def rotation_due(self, record: SessionRecord, now: float) -> bool:
         return self.rotate_after is not None and now - record.rotated_at >= self.rotate_after

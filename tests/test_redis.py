@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgpack
 import pytest
 from redis.asyncio import Redis
 
@@ -158,13 +159,35 @@ async def test_grace_alias_reads_but_never_forks_then_dies(raw: Redis, redis_url
         await backend.aclose()
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        (b"\xa1k", b"\xc1\xff garbage"),  # the value of session key "k"
+        (b"\xa1k", b"\xa5ab"),  # a truncated value: the next field would shift
+        (b"\xa1k", b"\x01\x02"),  # a value with trailing bytes
+        (b"\xa2kk", b"\xc7\x01\x05x"),  # an unknown extension type
+        (b"\xff", b"\x01"),  # a field name that is not a msgpack str
+        (b"m", b"\x93\x01\x02\x03"),  # metadata that is not a map
+        (b"m", b"\x81\xa1c\xa1x"),  # metadata without its times
+        (b"s", b"\xc0"),  # last-seen that is not an array
+        (b"s", b"\x93\xa1x\xc0\xc0"),  # a last-seen time that is not a number
+        (b"s", b"\x93\xcb\x00\x00\x00\x00\x00\x00\x00\x00\x01\xc0"),  # a non-str IP
+        (b"t", b"not a number"),  # the refresh schedule is unreadable: no refresh, still loads
+        (b"z", b"not numbers"),
+    ],
+)
 async def test_a_garbage_record_gives_an_empty_session_and_is_removed(
-    raw: Redis, backend: RedisBackend
+    raw: Redis, backend: RedisBackend, field: bytes, value: bytes
 ) -> None:
     client = client_for(backend)
     await client.get("/set?k=v")
     (key,) = await keys_of(raw, backend)
-    await raw.hset(key, "d:k", b"\xc1\xff garbage")
+    await raw.hset(key, field, value)
+    if field in (b"t", b"z"):
+        response = await client.get("/read")
+        assert response.status == 200
+        assert response.json() == {"k": "v"}
+        return
     response = await client.get("/read")
     assert response.status == 200
     assert response.json() == {}
@@ -182,7 +205,13 @@ async def test_refresh_is_folded_into_the_load(
     response = await client.get("/read")
     assert "Max-Age=600" in response.set_cookies[0]
     assert await raw.pttl(key) > 500_000
-    assert float(await raw.hget(key, "l")) == clock.now
+    last_seen, _, _ = msgpack.unpackb(await raw.hget(key, "s"))
+    assert last_seen == clock.now
+    due = await raw.hget(key, "t")
+    assert float(due) == pytest.approx(clock.now + 60)  # the next refresh is due after 60 s
+    # The next read inside the throttle window does not refresh again.
+    clock.advance(30)
+    assert (await client.get("/read")).set_cookies == []
 
 
 def test_decode_responses_client_is_refused(redis_url: str) -> None:

@@ -44,6 +44,10 @@ class SessionRecord:
     # The latest moment the session can be alive (absolute deadline or fixed expiry),
     # set by the middleware before a save: per-user indexes are scored by it.
     absolute_expiry: float | None = None
+    # Set by the middleware before a save or touch: (refresh period, idle timeout in
+    # force) in seconds, so a backend can slide the expiry by itself on a later load
+    # (the Redis backend's script does); None for a fixed expiry, which never slides.
+    sliding: tuple[int, int] | None = None
     # The client as last seen by a save or refresh (for the per-user device list).
     ip: str | None = None
     user_agent: str | None = None

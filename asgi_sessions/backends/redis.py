@@ -32,7 +32,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import msgpack
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -62,34 +62,58 @@ __all__ = ["RedisBackend"]
 T = TypeVar("T")
 Client = Redis | RedisCluster
 
-_DATA = b"d:"
 _unpackb = msgpack.unpackb
+_packb = msgpack.Packer(use_bin_type=True).pack
+# ARGV[1] '' means "no policy": load without refreshing.
 _LOAD = """
 local h = redis.call('HGETALL', KEYS[1])
 if #h == 0 then return false end
-local m = {}
-for i = 1, #h, 2 do
-  if string.sub(h[i], 1, 2) ~= 'd:' then m[h[i]] = h[i + 1] end
+local m, s, t, a, z = '\\193', '\\193', nil, nil, nil
+local parts, n = {}, 0
+for j = 1, #h, 2 do
+  local k = h[j]
+  if (string.byte(k) or 0) >= 160 then
+    parts[n + 1] = k
+    parts[n + 2] = h[j + 1]
+    n = n + 2
+  elseif k == 'm' then m = h[j + 1]
+  elseif k == 's' then s = h[j + 1]
+  elseif k == 't' then t = h[j + 1]
+  elseif k == 'z' then z = h[j + 1]
+  elseif k == 'a' then a = h[j + 1]
+  end
 end
-if ARGV[1] == '' or m['a'] or m['f'] or not m['c'] then return cmsgpack.pack({0, h}) end
+local refreshed = '\\194'
 local now = tonumber(ARGV[1])
-local idle = tonumber(m['i'] or ARGV[3])
-if now - tonumber(m['l']) < math.min(tonumber(ARGV[2]), math.floor(idle / 2)) then
-  return cmsgpack.pack({0, h})
+if now and t and z and not a and now >= (tonumber(t) or math.huge) then
+  local period, idle, cap = string.match(z, '^(%S+) (%S+) (%S+)$')
+  period, idle, cap = tonumber(period), tonumber(idle), tonumber(cap)
+  if period and idle and cap and math.min(now + idle, cap) > now then
+    local deadline = math.min(now + idle, cap)
+    -- Best effort: a server out of memory refuses the write, and the read goes on.
+    local ok = redis.pcall('HSET', KEYS[1], 's', ARGV[2], 't', tostring(now + period))
+    if not (type(ok) == 'table' and ok.err) then
+      redis.call('PEXPIRE', KEYS[1], math.ceil((deadline - now) * 1000))
+      s = ARGV[2]
+      refreshed = '\\195'
+    end
+  end
 end
-local deadline = math.min(now + idle, tonumber(m['c']) + tonumber(ARGV[4]))
-if deadline <= now then return cmsgpack.pack({0, h}) end
--- Best effort: a server out of memory refuses the write, and the read goes on.
-local ok = redis.pcall('HSET', KEYS[1], 'l', ARGV[1], 'ip', ARGV[5], 'ua', ARGV[6])
-if type(ok) == 'table' and ok.err then return cmsgpack.pack({0, h}) end
-redis.call('PEXPIRE', KEYS[1], math.ceil((deadline - now) * 1000))
-return cmsgpack.pack({1, h})
+n = n / 2
+local header
+if n < 16 then header = string.char(128 + n)
+elseif n < 65536 then header = string.char(222, math.floor(n / 256), n % 256)
+else header = string.char(223, math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
+  math.floor(n / 256) % 256, n % 256) end
+local alias = '\\192'
+if a then alias = cmsgpack.pack(a) end
+return '\\149' .. refreshed .. m .. s .. alias .. header .. table.concat(parts)
 """
 _SAVE = """
 if ARGV[1] == 'n' then
   if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 else
-  local s = redis.call('HMGET', KEYS[1], 'c', 'a')
+  local s = redis.call('HMGET', KEYS[1], 'm', 'a')
   if not s[1] or s[2] then return -1 end
   if ARGV[1] == 'r' then redis.call('DEL', KEYS[1]) end
 end
@@ -100,20 +124,26 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 _TOUCH = """
-local s = redis.call('HMGET', KEYS[1], 'c', 'a')
+local s = redis.call('HMGET', KEYS[1], 'm', 'a')
 if not s[1] or s[2] then return -1 end
-redis.call('HSET', KEYS[1], 'l', ARGV[2], 'ip', ARGV[3], 'ua', ARGV[4])
+if #ARGV > 2 then
+  redis.call('HSET', KEYS[1], 's', ARGV[2], unpack(ARGV, 3, #ARGV))
+else
+  redis.call('HSET', KEYS[1], 's', ARGV[2])
+  redis.call('HDEL', KEYS[1], 't', 'z')
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 _RETIRE = """
-local s = redis.call('HMGET', KEYS[1], 'c', 'a')
+local s = redis.call('HMGET', KEYS[1], 'm', 'a')
 if not s[1] or s[2] then return -1 end
 if tonumber(ARGV[2]) == 0 then
   redis.call('DEL', KEYS[1])
   return 1
 end
 redis.call('HSET', KEYS[1], 'a', ARGV[1])
+redis.call('HDEL', KEYS[1], 't', 'z')
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 or ttl > tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 1
@@ -147,12 +177,115 @@ class _Script:
 _load, _save, _touch, _retire, _index = map(_Script, (_LOAD, _SAVE, _TOUCH, _RETIRE, _INDEX))
 
 
-def _number(raw: bytes | None) -> float | None:
-    return None if raw is None else float(raw)
+def _number(raw: Any) -> float | None:
+    if raw is None:
+        return None
+    if type(raw) is not float and type(raw) is not int:
+        raise ValueError(f"expected a number, got {type(raw).__name__}")
+    return float(raw)
 
 
-def _text(raw: bytes | None) -> str | None:
-    return raw.decode("utf-8", "replace") if raw else None
+def _time(raw: Any) -> float:
+    value = _number(raw)
+    if value is None:
+        raise ValueError("a required time is missing")
+    return value
+
+
+def _str(raw: Any) -> str:
+    if type(raw) is not str:
+        raise ValueError(f"expected a str, got {type(raw).__name__}")
+    return raw
+
+
+def _optional_str(raw: Any) -> str | None:
+    return None if raw is None else _str(raw)
+
+
+def _meta(meta: Any) -> tuple[float, float, int | None, float | None, bool, str | None]:
+    """created, rotated, idle override, fixed expiry, browser session, user ID from a
+    stored ``m`` map; ValueError/TypeError/KeyError when it is not one of ours."""
+    if type(meta) is not dict:
+        raise ValueError("session metadata is not a map")
+    idle = meta.get("i")
+    if idle is not None and type(idle) is not int:
+        raise ValueError("idle timeout is not an int")
+    return (
+        _time(meta["c"]),
+        _time(meta["r"]),
+        idle,
+        _number(meta.get("f")),
+        meta.get("b") is True,
+        _optional_str(meta.get("u")),
+    )
+
+
+def _seen(seen: Any) -> tuple[float, str | None, str | None]:
+    """last seen, client address, user agent from a stored ``s`` array."""
+    if type(seen) is not list or len(seen) != 3:
+        raise ValueError("last-seen entry is not a 3-item array")
+    return _time(seen[0]), _optional_str(seen[1]), _optional_str(seen[2])
+
+
+def _meta_map(record: SessionRecord) -> dict[str, Any]:
+    meta: dict[str, Any] = {"c": record.created_at, "r": record.rotated_at}
+    if record.idle_timeout is not None:
+        meta["i"] = record.idle_timeout
+    if record.fixed_expiry is not None:
+        meta["f"] = record.fixed_expiry
+    if record.browser_session:
+        meta["b"] = True
+    if record.user_id is not None:
+        meta["u"] = record.user_id
+    return meta
+
+
+def _schedule(record: SessionRecord) -> list[bytes]:
+    """The fields the load script refreshes by: ``t``, when the next refresh is due
+    (read on every load, so a bare number), and ``z``, "period idle cap" (read
+    only when one is due); none when the session never slides."""
+    if record.sliding is None or record.absolute_expiry is None:
+        return []
+    period, idle = record.sliding
+    return [
+        b"t",
+        repr(record.last_seen + period).encode(),
+        b"z",
+        b"%d %d %r" % (period, idle, record.absolute_expiry),
+    ]
+
+
+def _field(name: str) -> bytes:
+    """The hash field of a session key: the key's msgpack encoding (it starts with a
+    byte >= 0xa0, which no metadata field name does)."""
+    try:
+        return _packb(name)  # type: ignore[no-any-return]
+    except UnicodeEncodeError:
+        return b""  # never stored, so nothing to delete
+
+
+class _State(NamedTuple):
+    created_at: float
+    last_seen: float
+    ip: str | None
+    user_agent: str | None
+    user_id: str | None
+    alias_of: str | None
+
+
+def _state(meta: bytes | None, seen: bytes | None, alias: bytes | None) -> _State | None:
+    """A session's state from its ``m``, ``s`` and ``a`` fields; None when the
+    session is gone or its fields are not ours (it is then treated as gone)."""
+    if meta is None or seen is None:
+        return None
+    try:
+        created, _, _, _, _, user_id = _meta(_unpackb(meta))
+        last_seen, ip, user_agent = _seen(_unpackb(seen))
+    except Exception:  # any decode failure: msgpack raises several types
+        return None
+    return _State(
+        created, last_seen, ip, user_agent, user_id, None if alias is None else _decode(alias)
+    )
 
 
 def _decode(raw: Any) -> str:
@@ -285,66 +418,51 @@ class RedisBackend:
     ) -> SessionRecord | None:
         session_id = checked_id(token)  # a malformed token never reaches Redis
         key = self._key(session_id)
+        # Arguments as bytes: redis-py packs them without a per-argument conversion.
         if policy is None:
-            args: tuple[str, ...] = ("", "", "", "", "", "")
+            reply = await self._run(_load(self.client, key, b"", b""))
         else:
-            args = (
-                repr(now),
-                str(policy.refresh_after),
-                str(policy.idle_timeout),
-                str(policy.absolute_timeout),
-                ip or "",
-                user_agent or "",
-            )
-        reply = await self._run(_load(self.client, key, *args))
+            seen = _packb([now, ip, user_agent])
+            reply = await self._run(_load(self.client, key, repr(now).encode(), seen))
         if not reply:
             return None
         try:
-            # One msgpack string instead of a nested reply: redis-py parses nested
-            # multi-bulk replies in pure Python, element by element.
-            refreshed, flat = _unpackb(reply, raw=True)
-            record = self._parse(session_id, flat)
-        except (SerializationError, ValueError, TypeError, UnicodeDecodeError) as exc:
+            record = self._parse(session_id, reply)
+        except (SerializationError, ValueError, TypeError, KeyError) as exc:
             logger.warning(
                 "session %s: stored record is corrupt (%s); removed", session_id[:12], exc
             )
             await self._run(self.client.delete(key))
             return None
-        if refreshed:
-            record.last_seen = now
-            record.ip, record.user_agent = ip, user_agent
-            record.refreshed = True
         return record
 
-    def _parse(self, session_id: str, flat: Sequence[bytes]) -> SessionRecord:
-        meta: dict[bytes, bytes] = {}
-        data: dict[str, Any] = {}
-        loads = self.serializer.loads_value
-        for index in range(0, len(flat), 2):
-            field = flat[index]
-            if field[:2] == _DATA:
-                data[field[2:].decode()] = loads(flat[index + 1])
-            else:
-                meta[field] = flat[index + 1]
-        created = float(meta[b"c"])
-        idle = meta.get(b"i")
+    def _parse(self, session_id: str, reply: bytes) -> SessionRecord:
+        # The script answers one msgpack array, [refreshed, meta, seen, alias, data],
+        # which one C call unpacks (redis-py parses a nested reply in pure Python,
+        # element by element).
+        serializer = self.serializer
+        refreshed, meta, seen, alias, data = serializer.unpack(reply)
+        serializer.check_loaded(data)
+        created, rotated, idle, fixed, browser, user = _meta(meta)
+        last_seen, ip, user_agent = _seen(seen)
         record = SessionRecord(
             session_id=session_id,
             data=data,
             created_at=created,
-            last_seen=float(meta[b"l"]),
-            rotated_at=float(meta.get(b"r", created)),
-            idle_timeout=None if idle is None else int(idle),
-            fixed_expiry=_number(meta.get(b"f")),
-            browser_session=meta.get(b"b") == b"1",
-            user_id=_text(meta.get(b"u")),
-            ip=_text(meta.get(b"ip")),
-            user_agent=_text(meta.get(b"ua")),
+            last_seen=last_seen,
+            rotated_at=rotated,
+            idle_timeout=idle,
+            fixed_expiry=fixed,
+            browser_session=browser,
+            user_id=user,
+            ip=ip,
+            user_agent=user_agent,
+            refreshed=refreshed is True,
         )
-        alias = meta.get(b"a")
+        record.extra = {"meta": meta}
         if alias is not None:
             record.read_only = True
-            record.extra = {"alias_of": alias.decode()}
+            record.extra["alias_of"] = _str(alias)
         return record
 
     async def save(
@@ -358,54 +476,48 @@ class RedisBackend:
         rotate: bool,
     ) -> str:
         dumps = self.serializer.dumps_value
-        fields: list[str | bytes] = []
-        removed: list[str] = []
-        meta = [
-            ("c", record.created_at),
-            ("l", record.last_seen),
-            ("r", record.rotated_at),
-            ("i", record.idle_timeout),
-            ("f", record.fixed_expiry),
-            ("b", 1 if record.browser_session else None),
-            ("u", record.user_id),
-            ("ip", record.ip),
-            ("ua", record.user_agent),
-        ]
-        for name, value in meta:
-            if value is None:
-                removed.append(name)
-            else:
-                fields += (name, _arg(value))
+        meta = _meta_map(record)
+        fields: list[bytes] = [b"s", _packb([record.last_seen, record.ip, record.user_agent])]
+        removed: list[bytes] = []
+        schedule = _schedule(record)
+        if schedule:
+            fields += schedule
+        else:
+            removed += (b"t", b"z")
         full = token is None or rotate or delta.replace
+        if full or meta != record.extra.get("meta"):
+            fields += (b"m", _packb(meta))
         updates = record.data if full else delta.updates
         for name, value in updates.items():
-            fields += ("d:" + name, dumps(name, value))
+            blob = dumps(name, value)  # first: it names a key that cannot be stored
+            fields += (_packb(name), blob)
         if not full:
-            removed += ["d:" + name for name in delta.removed]
+            removed += [_field(name) for name in delta.removed]
+        count = len(fields) // 2
+        ttl_ms = ttl * 1000
         if token is not None and not rotate:
-            mode = "r" if delta.replace else "u"
+            mode = b"r" if delta.replace else b"u"
             result = await self._run(
                 _save(
                     self.client,
                     self._key(record.session_id),
                     mode,
-                    ttl * 1000,
-                    len(fields) // 2,
+                    ttl_ms,
+                    count,
                     *fields,
                     *removed,
                 )
             )
             if result != 1:
                 raise SessionGone("session no longer exists")
+            record.extra["meta"] = meta
             return token
         # A new session, or a rotation: create the new key without ever overwriting.
         old_id = record.session_id
         while True:
             new = new_token()
             new_id = token_id(new)
-            create = _save(
-                self.client, self._key(new_id), "n", ttl * 1000, len(fields) // 2, *fields
-            )
+            create = _save(self.client, self._key(new_id), b"n", ttl_ms, count, *fields)
             if token is None:
                 created = await self._run(create)
             else:
@@ -424,6 +536,7 @@ class RedisBackend:
                 break
             logger.error("session ID collision on create; retrying")  # 2**-256: a broken RNG
         record.session_id = new_id
+        record.extra = {"meta": meta}
         if record.user_id is not None:
             await self._bind(record, now)
         return new
@@ -434,9 +547,8 @@ class RedisBackend:
                 self.client,
                 self._key(record.session_id),
                 ttl * 1000,
-                repr(record.last_seen),
-                record.ip or "",
-                record.user_agent or "",
+                _packb([record.last_seen, record.ip, record.user_agent]),
+                *_schedule(record),
             )
         )
         if result != 1:
@@ -484,16 +596,17 @@ class RedisBackend:
             keep_newest=self.max_sessions_per_user,
         )
 
-    async def _states(self, ids: Sequence[str]) -> list[list[bytes | None]]:
-        fields = ("c", "l", "ip", "ua", "u", "a")
-        states: Any = await self._run(
-            asyncio.gather(*(self.client.hmget(self._key(i), fields) for i in ids))
+    async def _states(self, ids: Sequence[str]) -> list[_State | None]:
+        """Each session's (created, last seen, IP, user agent, user ID, alias of);
+        None for one that is gone or unreadable."""
+        replies: Any = await self._run(
+            asyncio.gather(*(self.client.hmget(self._key(i), ("m", "s", "a")) for i in ids))
         )
-        return list(states)
+        return [_state(*reply) for reply in replies]
 
     async def _prune(
         self, user_id: str, ids: Sequence[str], now: float, *, keep_newest: int | None = None
-    ) -> list[tuple[str, list[bytes | None]]]:
+    ) -> list[tuple[str, _State]]:
         """Drop index members whose session is gone or belongs to someone else, evict
         beyond ``keep_newest``; returns the live sessions, oldest first."""
         if not ids:
@@ -502,12 +615,11 @@ class RedisBackend:
         live = []
         dead = []
         for session_id, state in zip(ids, states, strict=True):
-            created, _, _, _, owner, alias = state
-            if created is None or (owner is not None and owner.decode() != user_id):
+            if state is None or (state.user_id is not None and state.user_id != user_id):
                 dead.append(session_id)
-            elif alias is None:
+            elif state.alias_of is None:
                 live.append((session_id, state))
-        live.sort(key=lambda item: float(item[1][0] or 0))
+        live.sort(key=lambda item: item[1].created_at)
         if keep_newest is not None and len(live) > keep_newest:
             evicted = live[: len(live) - keep_newest]
             live = live[len(live) - keep_newest :]
@@ -531,37 +643,36 @@ class RedisBackend:
             SessionInfo(
                 session_id=session_id,
                 user_id=user_id,
-                created_at=float(state[0] or 0),
-                last_seen=float(state[1] or 0),
+                created_at=state.created_at,
+                last_seen=state.last_seen,
                 expires_at=now + ttl / 1000 if ttl > 0 else None,
-                ip=_text(state[2]),
-                user_agent=_text(state[3]),
+                ip=state.ip,
+                user_agent=state.user_agent,
                 current=session_id == current,
             )
             for (session_id, state), ttl in zip(live, ttls, strict=True)
         ]
 
     async def revoke(self, session_id: str) -> bool:
-        key = self._key(session_id)
-        owner, alias = await self._run(self.client.hmget(key, ("u", "a")))
-        if alias is not None:
+        (state,) = await self._states([session_id])
+        if state is not None and state.alias_of is not None:
             return False
         doomed = [session_id]
+        owner = None if state is None else state.user_id
         if owner is not None:
-            user_id = _decode(owner)
-            members = await self._members(user_id)
+            members = await self._members(owner)
             others = [m for m in members if m != session_id]
             states = await self._states(others)
             doomed += [
                 m
-                for m, state in zip(others, states, strict=True)
-                if state[5] == session_id.encode()
+                for m, other in zip(others, states, strict=True)
+                if other is not None and other.alias_of == session_id
             ]
         deleted = await self._run(
             asyncio.gather(*(self.client.delete(self._key(i)) for i in doomed))
         )
         if owner is not None:
-            await self._run(self.client.zrem(self._user_key(_decode(owner)), *doomed))
+            await self._run(self.client.zrem(self._user_key(owner), *doomed))
         return bool(deleted[0])
 
     async def revoke_user(self, user_id: str, *, keep: str | None = None) -> int:
@@ -570,11 +681,11 @@ class RedisBackend:
         doomed = []
         ended = 0
         for session_id, state in zip(members, states, strict=True):
-            alias = state[5]
-            if keep is not None and (session_id == keep or alias == keep.encode()):
+            alias = None if state is None else state.alias_of
+            if keep is not None and (session_id == keep or alias == keep):
                 continue
             doomed.append(session_id)
-            ended += state[0] is not None and alias is None
+            ended += state is not None and alias is None
         if doomed:
             await self._run(asyncio.gather(*(self.client.delete(self._key(i)) for i in doomed)))
             await self._run(self.client.zrem(self._user_key(user_id), *doomed))
