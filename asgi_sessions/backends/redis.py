@@ -159,6 +159,21 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 """
 
 
+class _Deadline:
+    """The timer callback of :meth:`RedisBackend._run`: cancels the task once."""
+
+    __slots__ = ("cancelling", "fired", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.cancelling = task.cancelling()
+        self.fired = False
+
+    def __call__(self) -> None:
+        self.fired = True
+        self.task.cancel()
+
+
 class _Script:
     """EVALSHA with a fallback to EVAL when the server (or a Cluster node) does not
     have the script cached yet: one round trip in the steady state."""
@@ -393,17 +408,28 @@ class RedisBackend:
         return f"{self.prefix}u:{{{digest}}}"
 
     async def _run(self, operation: Awaitable[T]) -> T:
+        # asyncio.timeout() would do, at twice the cost on the hot path: this is the
+        # same mechanism (a timer that cancels the task, and cancellations counted so
+        # an outside cancel still wins) without its context-manager machinery.
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        deadline = _Deadline(task)
+        handle = loop.call_at(loop.time() + self.operation_timeout, deadline)
         try:
-            async with asyncio.timeout(self.operation_timeout):
-                return await operation
-        except TimeoutError as exc:
-            raise BackendUnavailable(
-                f"Redis did not answer within {self.operation_timeout}s"
-            ) from exc
+            return await operation
+        except asyncio.CancelledError:
+            if deadline.fired and task.uncancel() <= deadline.cancelling:
+                raise BackendUnavailable(
+                    f"Redis did not answer within {self.operation_timeout}s"
+                ) from None
+            raise
         except RedisTimeoutError as exc:
             raise BackendUnavailable(f"Redis timed out: {exc}") from exc
         except RedisError as exc:
             raise BackendUnavailable(f"Redis failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            handle.cancel()
 
     # -- the backend protocol ----------------------------------------------------------
 
