@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -18,7 +19,7 @@ Message = dict[str, Any]
 async def session_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Raw ASGI app: /read, /untouched, /set?k=v, /del?k=, /rotate, /login?user=,
     /bind?user= (bind_user: the per-user index),
-    /invalidate, /clear, /expiry?s=, /fail500 (writes, then 500), /raise (writes,
+    /invalidate, /clear, /expiry?s= or ?at=<epoch>, /fail500 (writes, then 500), /raise (writes,
     then raises before responding)."""
     assert scope["type"] == "http"
     session = scope["session"]
@@ -46,7 +47,10 @@ async def session_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     elif path == "/clear":
         session.clear()
     elif path == "/expiry":
-        session.set_expiry(int(query["s"]))
+        if "at" in query:  # a fixed expiry at this epoch time
+            session.set_expiry(datetime.fromtimestamp(float(query["at"]), UTC))
+        else:
+            session.set_expiry(int(query["s"]))
         session["x"] = "1"
     elif path == "/fail500":
         session["x"] = "1"

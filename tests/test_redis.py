@@ -214,6 +214,37 @@ async def test_refresh_is_folded_into_the_load(
     assert (await client.get("/read")).set_cookies == []
 
 
+async def test_a_refresh_on_load_never_extends_past_the_absolute_deadline(
+    raw: Redis, backend: RedisBackend, clock: FakeClock
+) -> None:
+    client = client_for(
+        backend, idle_timeout=600, absolute_timeout=700, refresh_after=60, clock=clock
+    )
+    await client.get("/set?k=v")
+    (key,) = await keys_of(raw, backend)
+    clock.advance(400)  # refresh due; now + idle (1000) is past the absolute deadline (700)
+    response = await client.get("/read")
+    assert response.json() == {"k": "v"}
+    assert "Max-Age=300" in response.set_cookies[0]
+    assert 0 < await raw.pttl(key) <= 300_000
+    clock.advance(301)
+    assert (await client.get("/read")).json() == {}
+
+
+async def test_a_fixed_expiry_is_never_slid_by_the_load(
+    raw: Redis, backend: RedisBackend, clock: FakeClock
+) -> None:
+    client = client_for(backend, idle_timeout=600, refresh_after=60, clock=clock)
+    await client.get("/set?k=v")
+    await client.get(f"/expiry?at={clock.now + 500}")
+    (key,) = await keys_of(raw, backend)
+    assert await raw.hget(key, "t") is None  # no refresh schedule: nothing to slide
+    clock.advance(120)
+    response = await client.get("/read")
+    assert response.set_cookies == []
+    assert await raw.pttl(key) <= 500_000
+
+
 def test_decode_responses_client_is_refused(redis_url: str) -> None:
     client = Redis.from_url(redis_url, decode_responses=True)
     with pytest.raises(ConfigurationError, match="decode_responses"):

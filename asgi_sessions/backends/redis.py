@@ -3,11 +3,15 @@
 Data model (all keys under ``prefix``, default ``asgi_sessions:``)::
 
     {prefix}s:<sha256(token) hex>     HASH, one per session (or grace alias)
-        c, l, r      created, last seen (last refresh), last rotation: epoch seconds
-        i, f, b      per-session idle timeout, fixed expiry, browser-session flag
-        u, ip, ua    user ID, client address and user agent at the last save/refresh
+        m            msgpack map: c created, r last rotation (epoch seconds), and only
+                     when set: i idle override, f fixed expiry, b browser session, u user
+        s            msgpack array: [last seen, client address, user agent]
+        t            when the next sliding refresh is due (epoch seconds, plain text)
+        z            "period idle cap": refresh period and idle timeout in seconds and
+                     the hard deadline; t and z are absent when the expiry never slides
         a            only on a grace alias: the ID of the session it was rotated into
-        d:<key>      one field per session key, its value in msgpack
+        <msgpack(key)>  one field per session key, named by the key's msgpack encoding
+                     (a first byte >= 0xa0, which no field above has), value in msgpack
     {prefix}u:{<sha256(user id)>}     ZSET, the user's session IDs scored by the
                                       latest moment each can still be alive
 
@@ -17,9 +21,13 @@ absolute deadline, whichever comes first (browser-session cookies included); an
 index's is the latest absolute deadline of its members. TTLs are always relative
 (PEXPIRE), so the app servers' clocks and Redis's need not agree.
 
-Round trips: a load is one EVALSHA (HGETALL, with the sliding-expiry refresh folded
-in when it is due, answered as one msgpack string); a commit is one EVALSHA that checks the session still exists,
-writes only the changed ``d:`` fields and sets the TTL. So two requests that change
+Round trips: a load is one EVALSHA: HGETALL, and when ``t`` is due the sliding refresh
+(new ``s``, ``t`` and TTL), answered as one msgpack array ``[refreshed, m, s, alias,
+{key: value}]`` that the script builds by concatenation (the data fields' names and
+values are already msgpack) and one C call decodes. The middleware computes the
+schedule in ``t``/``z`` when it saves, so the script compares one number per load. A
+commit is one EVALSHA that checks the session still exists and is not an alias,
+writes only the changed data fields, and sets the TTL. So two requests that change
 different keys both land; for the same key the last commit wins. A rotation writes
 the new key and turns the old one into a read-only alias (two single-key scripts
 sent concurrently: old and new hash to different Cluster slots, so there is never a
