@@ -71,7 +71,9 @@ T = TypeVar("T")
 Client = Redis | RedisCluster
 
 _unpackb = msgpack.unpackb
-_packb = msgpack.Packer(use_bin_type=True).pack
+# Not a shared Packer: its buffer is not safe to share between threads, and a
+# backend may serve apps on several threads' event loops.
+_packb = msgpack.packb
 # ARGV[1] '' means "no policy": load without refreshing.
 _LOAD = """
 local h = redis.call('HGETALL', KEYS[1])
