@@ -293,9 +293,9 @@ class SessionMiddleware:
     ) -> str | None:
         """Apply the commit rules at the start of the response; returns the token in
         force afterwards (``None`` when there is no stored session)."""
+        if session.accessed:
+            _add_vary(message)
         headers = _headers(message)
-        if session.accessed and not _varies_on_cookie(headers):
-            headers.append(_VARY)
 
         record = session._record
         now = self.clock()

@@ -252,6 +252,11 @@ def _seen(seen: Any) -> tuple[float, str | None, str | None]:
     return _time(seen[0]), _optional_str(seen[1]), _optional_str(seen[2])
 
 
+def _seen_field(record: SessionRecord) -> bytes:
+    """The ``s`` field: [last seen, client address, user agent]."""
+    return _packb([record.last_seen, record.ip, record.user_agent])  # type: ignore[no-any-return]
+
+
 def _meta_map(record: SessionRecord) -> dict[str, Any]:
     meta: dict[str, Any] = {"c": record.created_at, "r": record.rotated_at}
     if record.idle_timeout is not None:
@@ -315,10 +320,6 @@ def _state(meta: bytes | None, seen: bytes | None, alias: bytes | None) -> _Stat
 
 def _decode(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
-
-
-def _arg(value: float | int | str | None) -> str:
-    return "" if value is None else value if isinstance(value, str) else repr(value)
 
 
 class RedisBackend:
@@ -513,7 +514,7 @@ class RedisBackend:
     ) -> str:
         dumps = self.serializer.dumps_value
         meta = _meta_map(record)
-        fields: list[bytes] = [b"s", _packb([record.last_seen, record.ip, record.user_agent])]
+        fields: list[bytes] = [b"s", _seen_field(record)]
         removed: list[bytes] = []
         schedule = _schedule(record)
         if schedule:
@@ -583,7 +584,7 @@ class RedisBackend:
                 self.client,
                 self._key(record.session_id),
                 ttl * 1000,
-                _packb([record.last_seen, record.ip, record.user_agent]),
+                _seen_field(record),
                 *_schedule(record),
             )
         )
