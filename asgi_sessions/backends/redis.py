@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
@@ -48,7 +49,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from asgi_sessions._log import logger
@@ -74,24 +75,47 @@ _unpackb = msgpack.unpackb
 # Not a shared Packer: its buffer is not safe to share between threads, and a
 # backend may serve apps on several threads' event loops.
 _packb = msgpack.packb
-# ARGV[1] '' means "no policy": load without refreshing.
-_LOAD = """
-local h = redis.call('HGETALL', KEYS[1])
-if #h == 0 then return false end
-local m, s, t, a, z = '\\193', '\\193', nil, nil, nil
-local parts, n = {}, 0
-for j = 1, #h, 2 do
-  local k = h[j]
-  if (string.byte(k) or 0) >= 160 then
-    parts[n + 1] = k
-    parts[n + 2] = h[j + 1]
-    n = n + 2
-  elseif k == 'm' then m = h[j + 1]
-  elseif k == 's' then s = h[j + 1]
-  elseif k == 't' then t = h[j + 1]
-  elseif k == 'z' then z = h[j + 1]
-  elseif k == 'a' then a = h[j + 1]
+# The view: every script that changes a session's hash rebuilds its ``x`` field, one
+# msgpack array [m, s, t, alias, {key: value}] made by concatenation (the data
+# fields' names and values are already msgpack), so a read is one plain HGET.
+_VIEW = """
+local function view(key)
+  local h = redis.call('HGETALL', key)
+  local m, s, t, a = '\\193', '\\193', '\\192', '\\192'
+  local parts, n = {}, 0
+  for j = 1, #h, 2 do
+    local k = h[j]
+    if (string.byte(k) or 0) >= 160 then
+      parts[n + 1] = k
+      parts[n + 2] = h[j + 1]
+      n = n + 2
+    elseif k == 'm' then m = h[j + 1]
+    elseif k == 's' then s = h[j + 1]
+    elseif k == 't' then t = cmsgpack.pack(tonumber(h[j + 1]))
+    elseif k == 'a' then a = cmsgpack.pack(h[j + 1])
+    end
   end
+  n = n / 2
+  local header
+  if n < 16 then header = string.char(128 + n)
+  elseif n < 65536 then header = string.char(222, math.floor(n / 256), n % 256)
+  else header = string.char(223, math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
+    math.floor(n / 256) % 256, n % 256) end
+  local x = '\\149' .. m .. s .. t .. a .. header .. table.concat(parts)
+  -- Best effort: a server out of memory refuses the write; the next writer rebuilds.
+  redis.pcall('HSET', key, 'x', x)
+  return x
+end
+"""
+# The load when a refresh may be due: the view, and when ``t`` has passed the
+# sliding refresh (new ``s``, ``t`` and TTL, and a new view), answered as
+# [refreshed, view]. ARGV[1] is now, ARGV[2] the new ``s``.
+_LOAD = _VIEW + """
+local v = redis.call('HMGET', KEYS[1], 'x', 't', 'z', 'a', 'm')
+local x, t, z, a = v[1], v[2], v[3], v[4]
+if not x then
+  if not v[5] then return false end
+  x = view(KEYS[1])  -- a record whose view is missing: rebuilt, not lost
 end
 local refreshed = '\\194'
 local now = tonumber(ARGV[1])
@@ -104,22 +128,14 @@ if now and t and z and not a and now >= (tonumber(t) or math.huge) then
     local ok = redis.pcall('HSET', KEYS[1], 's', ARGV[2], 't', tostring(now + period))
     if not (type(ok) == 'table' and ok.err) then
       redis.call('PEXPIRE', KEYS[1], math.ceil((deadline - now) * 1000))
-      s = ARGV[2]
+      x = view(KEYS[1])
       refreshed = '\\195'
     end
   end
 end
-n = n / 2
-local header
-if n < 16 then header = string.char(128 + n)
-elseif n < 65536 then header = string.char(222, math.floor(n / 256), n % 256)
-else header = string.char(223, math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
-  math.floor(n / 256) % 256, n % 256) end
-local alias = '\\192'
-if a then alias = cmsgpack.pack(a) end
-return '\\149' .. refreshed .. m .. s .. alias .. header .. table.concat(parts)
+return '\\146' .. refreshed .. x
 """
-_SAVE = """
+_SAVE = _VIEW + """
 if ARGV[1] == 'n' then
   if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 else
@@ -131,9 +147,10 @@ local last = 3 + 2 * tonumber(ARGV[3])
 if last > 3 then redis.call('HSET', KEYS[1], unpack(ARGV, 4, last)) end
 if #ARGV > last then redis.call('HDEL', KEYS[1], unpack(ARGV, last + 1, #ARGV)) end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+view(KEYS[1])
 return 1
 """
-_TOUCH = """
+_TOUCH = _VIEW + """
 local s = redis.call('HMGET', KEYS[1], 'm', 'a')
 if not s[1] or s[2] then return -1 end
 if #ARGV > 2 then
@@ -143,9 +160,10 @@ else
   redis.call('HDEL', KEYS[1], 't', 'z')
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
+view(KEYS[1])
 return 1
 """
-_RETIRE = """
+_RETIRE = _VIEW + """
 local s = redis.call('HMGET', KEYS[1], 'm', 'a')
 if not s[1] or s[2] then return -1 end
 if tonumber(ARGV[2]) == 0 then
@@ -154,6 +172,7 @@ if tonumber(ARGV[2]) == 0 then
 end
 redis.call('HSET', KEYS[1], 'a', ARGV[1])
 redis.call('HDEL', KEYS[1], 't', 'z')
+view(KEYS[1])
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 or ttl > tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 1
@@ -270,16 +289,25 @@ def _meta_map(record: SessionRecord) -> dict[str, Any]:
     return meta
 
 
+def _next_due(record: SessionRecord) -> float | None:
+    """When the saved session's next sliding refresh is due; None: it never slides."""
+    if record.sliding is None or record.absolute_expiry is None:
+        return None
+    return record.last_seen + record.sliding[0]
+
+
 def _schedule(record: SessionRecord) -> list[bytes]:
     """The fields the load script refreshes by: ``t``, when the next refresh is due
     (read on every load, so a bare number), and ``z``, "period idle cap" (read
     only when one is due); none when the session never slides."""
-    if record.sliding is None or record.absolute_expiry is None:
+    due = _next_due(record)
+    if due is None:
         return []
+    assert record.sliding is not None
     period, idle = record.sliding
     return [
         b"t",
-        repr(record.last_seen + period).encode(),
+        repr(due).encode(),
         b"z",
         b"%d %d %r" % (period, idle, record.absolute_expiry),
     ]
@@ -407,6 +435,11 @@ class RedisBackend:
         self.operation_timeout = operation_timeout
         self.serializer = serializer or MsgpackSerializer()
         self.clock = clock
+        # session ID -> when its next refresh is due, as last seen by this process.
+        # A stale entry is harmless: the schedule only moves later, except when a
+        # save shortens it, and then the middleware touches on the refresh it sees due.
+        self._due: dict[str, float] = {}
+        self._due_size = 10_000
 
     # -- keys ----------------------------------------------------------------------
 
@@ -455,17 +488,31 @@ class RedisBackend:
     ) -> SessionRecord | None:
         session_id = checked_id(token)  # a malformed token never reaches Redis
         key = self._key(session_id)
-        # Arguments as bytes: redis-py packs them without a per-argument conversion.
-        if policy is None:
-            reply = await self._run(_load(self.client, key, b"", b""))
-        else:
-            seen = _packb([now, ip, user_agent])
-            reply = await self._run(_load(self.client, key, repr(now).encode(), seen))
-        if not reply:
+        due = self._due.get(session_id)
+        raw: Any
+        refreshed = False
+        try:
+            if policy is None or (due is not None and now < due):
+                # No refresh can be due (this process saw the schedule): one plain
+                # HGET of the view, several times cheaper on the server than a script.
+                raw = await self._run(self.client.hget(key, "x"))
+            else:
+                seen = _packb([now, ip, user_agent])
+                raw = await self._run(_load(self.client, key, repr(now).encode(), seen))
+                if raw:
+                    refreshed, raw = raw[1] == 0xC3, raw[2:]
+        except BackendUnavailable as exc:
+            cause = exc.__cause__
+            if not (isinstance(cause, ResponseError) and "WRONGTYPE" in str(cause)):
+                raise
+            raw = b"\xc1"  # not a hash: a corrupt record, handled below
+        if not raw:
+            self._due.pop(session_id, None)
             return None
         try:
-            record = self._parse(session_id, reply)
+            record = self._parse(session_id, raw, refreshed)
         except (SerializationError, ValueError, TypeError, KeyError) as exc:
+            self._due.pop(session_id, None)
             logger.warning(
                 "session %s: stored record is corrupt (%s); removed", session_id[:12], exc
             )
@@ -473,12 +520,12 @@ class RedisBackend:
             return None
         return record
 
-    def _parse(self, session_id: str, reply: bytes) -> SessionRecord:
-        # The script answers one msgpack array, [refreshed, meta, seen, alias, data],
-        # which one C call unpacks (redis-py parses a nested reply in pure Python,
-        # element by element).
+    def _parse(self, session_id: str, view: bytes, refreshed: bool) -> SessionRecord:
+        # The view is one msgpack array, [meta, seen, due, alias, data], which one C
+        # call unpacks (redis-py would parse a nested reply in Python, element by
+        # element).
         serializer = self.serializer
-        refreshed, meta, seen, alias, data = serializer.unpack(reply)
+        meta, seen, due, alias, data = serializer.unpack(view)
         serializer.check_loaded(data)
         created, rotated, idle, fixed, browser, user = _meta(meta)
         last_seen, ip, user_agent = _seen(seen)
@@ -494,13 +541,23 @@ class RedisBackend:
             user_id=user,
             ip=ip,
             user_agent=user_agent,
-            refreshed=refreshed is True,
+            refreshed=refreshed,
         )
         record.extra = {"meta": meta}
         if alias is not None:
             record.read_only = True
             record.extra["alias_of"] = _str(alias)
+        self._remember(session_id, _number(due))
         return record
+
+    def _remember(self, session_id: str, due: float | None) -> None:
+        """Note when the session's next sliding refresh is due (None: never), so
+        loads before then skip the script."""
+        cache = self._due
+        if len(cache) >= self._due_size and session_id not in cache:
+            # Oldest first (a dict keeps insertion order): O(1), and a bound.
+            del cache[next(iter(cache))]
+        cache[session_id] = math.inf if due is None else due
 
     async def save(
         self,
@@ -546,8 +603,10 @@ class RedisBackend:
                 )
             )
             if result != 1:
+                self._due.pop(record.session_id, None)
                 raise SessionGone("session no longer exists")
             record.extra["meta"] = meta
+            self._remember(record.session_id, _next_due(record))
             return token
         # A new session, or a rotation: create the new key without ever overwriting.
         old_id = record.session_id
@@ -572,8 +631,10 @@ class RedisBackend:
             if created == 1:
                 break
             logger.error("session ID collision on create; retrying")  # 2**-256: a broken RNG
+        self._due.pop(old_id, None)
         record.session_id = new_id
         record.extra = {"meta": meta}
+        self._remember(new_id, _next_due(record))
         if record.user_id is not None:
             await self._bind(record, now)
         return new
@@ -589,10 +650,13 @@ class RedisBackend:
             )
         )
         if result != 1:
+            self._due.pop(record.session_id, None)
             raise SessionGone("session no longer exists")
+        self._remember(record.session_id, _next_due(record))
         return None
 
     async def delete(self, token: str, record: SessionRecord) -> None:
+        self._due.pop(record.session_id, None)
         keys = [self._key(token_id(token))]
         alias_of = record.extra.get("alias_of")
         if alias_of:
