@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from asgi_sessions import ConfigurationError, SessionMiddleware
-from asgi_sessions.backends.redis import RedisBackend
+from asgi_sessions.backends.redis import _VIEW, RedisBackend
 from tests.asgi import Client, session_app
 from tests.conftest import FakeClock
 
@@ -305,3 +305,128 @@ async def test_command_counts(private_redis: Any, clock: FakeClock) -> None:
     finally:
         await backend.aclose()
         await raw.aclose()
+
+
+# -- the view: reads are one plain HGET ----------------------------------------------------
+
+
+async def rebuilt_view(raw: Redis, key: bytes) -> bytes:
+    """What the scripts' view() builds from the hash's fields right now (it also
+    stores it, so call this only after reading the stored one)."""
+    return await raw.eval(_VIEW + "return view(KEYS[1])", 1, key)  # type: ignore[no-any-return]
+
+
+async def test_every_write_leaves_a_view_that_matches_the_fields(
+    raw: Redis, backend: RedisBackend, clock: FakeClock
+) -> None:
+    """Whoever builds the view (Python for a new or replaced record, the script for
+    a delta, a touch, a refresh or a rotation), it is the one the fields give."""
+    client = client_for(backend, idle_timeout=600, refresh_after=60, clock=clock)
+    steps = [
+        "/set?a=1&b=2",  # new session: Python's view
+        "/set?b=3",  # delta: the script's view
+        "/del?a=",
+        "/expiry?s=300",  # metadata change
+        "/bind?user=ann",  # rotation: new key from Python, old one retired by the script
+        "/clear",
+        "/set?c=%E2%82%AC",
+    ]
+    for target in steps:
+        clock.advance(61)  # every load is also due a refresh (the script's view)
+        assert (await client.get(target)).status == 200
+        for key in await keys_of(raw, backend):
+            if await raw.type(key) != b"hash":
+                continue
+            stored = msgpack.unpackb(await raw.hget(key, "x"), timestamp=3)
+            # The same document (field order and number encodings may differ).
+            assert stored == msgpack.unpackb(await rebuilt_view(raw, key), timestamp=3), target
+    assert (await client.get("/read")).json() == {"c": "€"}
+
+
+async def test_a_read_inside_the_schedule_is_one_plain_hget(
+    private_redis: Any, clock: FakeClock
+) -> None:
+    raw = Redis.from_url(private_redis.url)
+    backend = RedisBackend(private_redis.url)
+    try:
+        client = client_for(backend, idle_timeout=600, refresh_after=60, clock=clock)
+        await client.get("/set?k=v")
+
+        async def commands(target: str) -> list[str]:
+            marker = uuid.uuid4().hex
+            seen = []
+            async with raw.monitor() as monitor:
+                await client.get(target)
+                await raw.echo(marker)
+                for _ in range(1000):
+                    command = await monitor.next_command()
+                    if marker in command["command"]:
+                        return seen
+                    name = command["command"].split(" ", 1)[0].upper()
+                    if command["client_type"] != "lua" and name not in ("HELLO", "CLIENT"):
+                        seen.append(name)
+            raise AssertionError("marker not seen")
+
+        unknown = b"session=" + secrets.token_urlsafe(32).encode()
+        await Client(client.app).get("/read", cookie=unknown)  # caches the load script
+        assert await commands("/read") == ["HGET"]
+        clock.advance(61)  # due: the load script, with the refresh folded in
+        assert await commands("/read") == ["EVALSHA"]
+        assert await commands("/read") == ["HGET"]
+        # Another process (a fresh backend) has not seen the schedule: the script.
+        backend._due.clear()
+        assert await commands("/untouched") == ["EVALSHA"]
+        assert await commands("/untouched") == ["HGET"]
+    finally:
+        await backend.aclose()
+        await raw.aclose()
+
+
+async def test_a_schedule_shortened_by_another_process_still_refreshes(
+    raw: Redis, backend: RedisBackend, redis_url: str, clock: FakeClock
+) -> None:
+    """Worker A remembers a refresh due in 3600 s; worker B sets a 120 s idle
+    timeout (due in 60 s). A's next read after 70 s takes the plain path, sees the
+    refresh due in the record, and the middleware touches: the session slides."""
+    settings: dict[str, Any] = {"idle_timeout": 7200, "refresh_after": 3600, "clock": clock}
+    a = client_for(backend, **settings)
+    await a.get("/set?k=v")
+    other = RedisBackend(redis_url, prefix=backend.prefix)
+    try:
+        b = Client(SessionMiddleware(session_app, backend=other, **settings), jar=dict(a.jar))
+        assert (await b.get("/expiry?s=120")).status == 200
+        a.jar = dict(b.jar)
+        clock.advance(70)
+        response = await a.get("/read")
+        assert response.json() == {"k": "v", "x": "1"}
+        assert "Max-Age=120" in response.set_cookies[0]
+        (key,) = await keys_of(raw, backend)
+        assert 110_000 < await raw.pttl(key) <= 120_000
+        clock.advance(100)  # past B's original deadline, inside the slid one
+        assert (await a.get("/read")).json() == {"k": "v", "x": "1"}
+    finally:
+        await other.aclose()
+
+
+async def test_a_record_without_its_view_is_rebuilt_on_load(
+    raw: Redis, backend: RedisBackend
+) -> None:
+    client = client_for(backend)
+    await client.get("/set?k=v&n=1")
+    (key,) = await keys_of(raw, backend)
+    await raw.hdel(key, "x")
+    backend._due.clear()
+    assert (await client.get("/read")).json() == {"k": "v", "n": "1"}
+    assert await raw.hget(key, "x") is not None
+
+
+async def test_a_key_of_another_type_is_a_corrupt_record(raw: Redis, backend: RedisBackend) -> None:
+    client = client_for(backend)
+    await client.get("/set?k=v")
+    (key,) = await keys_of(raw, backend)
+    await raw.delete(key)
+    await raw.set(key, b"not a hash")
+    response = await client.get("/read")
+    assert response.status == 200
+    assert response.json() == {}
+    assert await keys_of(raw, backend) == []

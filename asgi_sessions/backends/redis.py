@@ -110,7 +110,9 @@ end
 # The load when a refresh may be due: the view, and when ``t`` has passed the
 # sliding refresh (new ``s``, ``t`` and TTL, and a new view), answered as
 # [refreshed, view]. ARGV[1] is now, ARGV[2] the new ``s``.
-_LOAD = _VIEW + """
+_LOAD = (
+    _VIEW
+    + """
 local v = redis.call('HMGET', KEYS[1], 'x', 't', 'z', 'a', 'm')
 local x, t, z, a = v[1], v[2], v[3], v[4]
 if not x then
@@ -135,7 +137,10 @@ if now and t and z and not a and now >= (tonumber(t) or math.huge) then
 end
 return '\\146' .. refreshed .. x
 """
-_SAVE = _VIEW + """
+)
+_SAVE = (
+    _VIEW
+    + """
 if ARGV[1] == 'n' then
   if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 else
@@ -147,10 +152,14 @@ local last = 3 + 2 * tonumber(ARGV[3])
 if last > 3 then redis.call('HSET', KEYS[1], unpack(ARGV, 4, last)) end
 if #ARGV > last then redis.call('HDEL', KEYS[1], unpack(ARGV, last + 1, #ARGV)) end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-view(KEYS[1])
+-- A new or replaced record arrives with its view; a delta must merge into the stored data.
+if ARGV[1] == 'u' then view(KEYS[1]) end
 return 1
 """
-_TOUCH = _VIEW + """
+)
+_TOUCH = (
+    _VIEW
+    + """
 local s = redis.call('HMGET', KEYS[1], 'm', 'a')
 if not s[1] or s[2] then return -1 end
 if #ARGV > 2 then
@@ -163,7 +172,10 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 view(KEYS[1])
 return 1
 """
-_RETIRE = _VIEW + """
+)
+_RETIRE = (
+    _VIEW
+    + """
 local s = redis.call('HMGET', KEYS[1], 'm', 'a')
 if not s[1] or s[2] then return -1 end
 if tonumber(ARGV[2]) == 0 then
@@ -177,6 +189,7 @@ local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 or ttl > tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 1
 """
+)
 _INDEX = """
 if ARGV[1] ~= '' then redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
@@ -311,6 +324,14 @@ def _schedule(record: SessionRecord) -> list[bytes]:
         b"z",
         b"%d %d %r" % (period, idle, record.absolute_expiry),
     ]
+
+
+def _map_header(size: int) -> bytes:
+    if size < 16:
+        return bytes((0x80 | size,))
+    if size < 65536:
+        return b"\xde" + size.to_bytes(2, "big")
+    return b"\xdf" + size.to_bytes(4, "big")
 
 
 def _field(name: str) -> bytes:
@@ -571,7 +592,8 @@ class RedisBackend:
     ) -> str:
         dumps = self.serializer.dumps_value
         meta = _meta_map(record)
-        fields: list[bytes] = [b"s", _seen_field(record)]
+        seen = _seen_field(record)
+        fields: list[bytes] = [b"s", seen]
         removed: list[bytes] = []
         schedule = _schedule(record)
         if schedule:
@@ -580,12 +602,31 @@ class RedisBackend:
             removed += (b"t", b"z")
         full = token is None or rotate or delta.replace
         if full or meta != record.extra.get("meta"):
-            fields += (b"m", _packb(meta))
+            packed_meta = _packb(meta)
+            fields += (b"m", packed_meta)
         updates = record.data if full else delta.updates
+        first_data = len(fields)
         for name, value in updates.items():
             blob = dumps(name, value)  # first: it names a key that cannot be stored
             fields += (_packb(name), blob)
-        if not full:
+        if full:
+            # The whole record is known here, so its view is too (the script builds
+            # one only to merge a delta into what other requests stored).
+            fields += (
+                b"x",
+                b"".join(
+                    (
+                        b"\x95",
+                        packed_meta,
+                        seen,
+                        _packb(_next_due(record)),
+                        b"\xc0",
+                        _map_header(len(updates)),
+                        *fields[first_data:],
+                    )
+                ),
+            )
+        else:
             removed += [_field(name) for name in delta.removed]
         count = len(fields) // 2
         ttl_ms = ttl * 1000
