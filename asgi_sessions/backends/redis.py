@@ -12,6 +12,8 @@ Data model (all keys under ``prefix``, default ``asgi_sessions:``)::
         a            only on a grace alias: the ID of the session it was rotated into
         <msgpack(key)>  one field per session key, named by the key's msgpack encoding
                      (a first byte >= 0xa0, which no field above has), value in msgpack
+        x            the view: [m, s, next refresh due, alias, {key: value}] as one
+                     msgpack document, rebuilt by every write
     {prefix}u:{<sha256(user id)>}     ZSET, the user's session IDs scored by the
                                       latest moment each can still be alive
 
@@ -21,17 +23,20 @@ absolute deadline, whichever comes first (browser-session cookies included); an
 index's is the latest absolute deadline of its members. TTLs are always relative
 (PEXPIRE), so the app servers' clocks and Redis's need not agree.
 
-Round trips: a load is one EVALSHA: HGETALL, and when ``t`` is due the sliding refresh
-(new ``s``, ``t`` and TTL), answered as one msgpack array ``[refreshed, m, s, alias,
-{key: value}]`` that the script builds by concatenation (the data fields' names and
-values are already msgpack) and one C call decodes. The middleware computes the
-schedule in ``t``/``z`` when it saves, so the script compares one number per load. A
-commit is one EVALSHA that checks the session still exists and is not an alias,
-writes only the changed data fields, and sets the TTL. So two requests that change
-different keys both land; for the same key the last commit wins. A rotation writes
-the new key and turns the old one into a read-only alias (two single-key scripts
-sent concurrently: old and new hash to different Cluster slots, so there is never a
-cross-slot transaction); binding a user also updates the user's index.
+Round trips: a load is one plain HGET of ``x`` when this process remembers that no
+refresh is due yet (a bounded map of session ID -> due time, filled by every load and
+save). Otherwise it is one EVALSHA that reads ``x`` and, when ``t`` has passed, folds in
+the sliding refresh (new ``s``, ``t``, TTL and view). A Lua script costs the server
+several times a plain read, which is why the common read avoids one. A stale due time is
+harmless: the schedule only moves later, except when another process shortens it, and
+then the middleware sees the refresh due in the record and touches. A commit is one
+EVALSHA that checks the session still exists and is not an alias, writes only the
+changed data fields, sets the TTL and rebuilds the view (a new or replaced record
+arrives with its view, built here). So two requests that change different keys both
+land; for the same key the last commit wins. A rotation writes the new key and turns the
+old one into a read-only alias (two single-key scripts sent concurrently: old and new
+hash to different Cluster slots, so there is never a cross-slot transaction); binding a
+user also updates the user's index.
 """
 
 from __future__ import annotations
