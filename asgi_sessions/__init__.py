@@ -33,6 +33,7 @@ from asgi_sessions.serializers import JSONSerializer, Serializer
 from asgi_sessions.session import Session
 
 if TYPE_CHECKING:
+    from asgi_sessions.backends.hybrid import HybridBackend
     from asgi_sessions.backends.jwt import JWTBackend, JWTKey
     from asgi_sessions.backends.redis import RedisBackend
     from asgi_sessions.msgpack_serializer import MsgpackSerializer
@@ -46,6 +47,7 @@ __all__ = [
     "CookieSettings",
     "Delta",
     "ExpiryPolicy",
+    "HybridBackend",
     "InvalidToken",
     "JSONSerializer",
     "JWTBackend",
@@ -68,6 +70,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "HybridBackend": "asgi_sessions.backends.hybrid",
     "JWTBackend": "asgi_sessions.backends.jwt",
     "JWTKey": "asgi_sessions.backends.jwt",
     "RedisBackend": "asgi_sessions.backends.redis",
@@ -76,8 +79,8 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    # JWTBackend needs pyjwt (the "jwt" extra), RedisBackend redis and msgpack (the
-    # "redis" extra): import them only when asked for.
+    # JWTBackend and HybridBackend need pyjwt (the "jwt" extra), RedisBackend redis
+    # and msgpack (the "redis" extra): import them only when asked for.
     if name in _LAZY:
         import importlib
 

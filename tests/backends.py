@@ -16,7 +16,8 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from asgi_sessions import MemoryBackend
 from asgi_sessions.backends.redis import RedisBackend
 
-SERVER_BACKENDS = ["memory", "redis", "cluster"]
+SERVER_BACKENDS = ["memory", "redis", "cluster", "hybrid-memory", "hybrid-redis"]
+HYBRID_SECRET = "hybrid-test-secret-of-at-least-32-bytes!"
 Factory = Callable[..., Any]
 
 
@@ -26,7 +27,8 @@ async def backend_factory(kind: str, request: pytest.FixtureRequest) -> AsyncIte
     (``rotation_grace``, ``clock``, ...). Everything is closed on exit."""
     made: list[Any] = []
     clients: list[Any] = []
-    if kind == "redis":
+    store_kind = kind.removeprefix("hybrid-")
+    if store_kind == "redis":
         url = request.getfixturevalue("redis_url")
     elif kind == "cluster":
         cluster = request.getfixturevalue("redis_cluster")
@@ -34,10 +36,10 @@ async def backend_factory(kind: str, request: pytest.FixtureRequest) -> AsyncIte
     def factory(**settings: Any) -> Any:
         backend: Any
         client: Any
-        if kind == "memory":
+        if store_kind == "memory":
             backend = MemoryBackend(**settings)
         else:
-            if kind == "redis":
+            if store_kind == "redis":
                 client = Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
             else:
                 nodes = [ClusterNode(host, port) for host, port in cluster.startup_nodes]
@@ -46,6 +48,14 @@ async def backend_factory(kind: str, request: pytest.FixtureRequest) -> AsyncIte
                 )
             clients.append(client)
             backend = RedisBackend(client, prefix=f"t{uuid.uuid4().hex[:12]}:", **settings)
+        if kind != store_kind:
+            # The hybrid backend over that store: per-user operations are the store's,
+            # and this process stops revoked access tokens at once.
+            from asgi_sessions import HybridBackend
+
+            clock = settings.get("clock")
+            extra = {} if clock is None else {"clock": clock}
+            backend = HybridBackend(backend, secret=HYBRID_SECRET, **extra)
         made.append(backend)
         return backend
 
@@ -61,5 +71,5 @@ async def backend_factory(kind: str, request: pytest.FixtureRequest) -> AsyncIte
 @pytest.fixture(params=SERVER_BACKENDS)
 async def make_server_backend(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
     async with backend_factory(request.param, request) as factory:
-        factory.real_time = request.param != "memory"  # type: ignore[attr-defined]
+        factory.real_time = not request.param.endswith("memory")  # type: ignore[attr-defined]
         yield factory

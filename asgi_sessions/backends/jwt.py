@@ -57,6 +57,9 @@ _MAX_TIME: Final = 2**53
 _MAX_SID_LENGTH: Final = 128
 _HMAC_MINIMUM: Final = {"HS256": 32, "HS384": 48, "HS512": 64}  # RFC 7518 3.2
 _RAW_DATA: Final = "jwt.dat"  # key in SessionRecord.extra: the data's JSON as loaded
+# Key in SessionRecord.extra: the session family a token carries in its ``fam`` claim
+# (the hybrid backend's access tokens; plain JWT sessions have none).
+_FAMILY: Final = "jwt.fam"
 # What a failed signature check may raise besides returning False (pyjwt's algorithm
 # objects turn cryptography's InvalidSignature into False themselves).
 _VERIFY_ERRORS: Final = (
@@ -146,6 +149,7 @@ class _Verified:
         "created",
         "data",
         "exp_limit",
+        "family",
         "fixed",
         "idle",
         "issued",
@@ -173,6 +177,7 @@ class _Verified:
         self.fixed: float | None = claims.get("fix")
         self.browser: bool = claims.get("brs", False)
         self.user: str | None = claims.get("uid")
+        self.family: str | None = claims.get("fam")
         self.data = data
         self.raw = raw
         self.reissue = reissue
@@ -409,6 +414,9 @@ class JWTBackend:
             claims["brs"] = True
         if record.user_id is not None:
             claims["uid"] = record.user_id
+        family = record.extra.get(_FAMILY)
+        if family is not None:
+            claims["fam"] = family
         head = self._encoder.encode(claims)
         # raw is the serializer's checked JSON object text: splice it in rather than
         # encoding the data a second time.
@@ -524,6 +532,10 @@ class JWTBackend:
             return "brs"
         if "uid" in claims and type(claims["uid"]) is not str:
             return "uid"
+        if "fam" in claims and (
+            type(claims["fam"]) is not str or not 0 < len(claims["fam"]) <= _MAX_SID_LENGTH
+        ):
+            return "fam"
         return None
 
 

@@ -71,6 +71,9 @@ class MemoryBackend:
         # user ID -> the IDs of that user's records (live sessions and grace aliases),
         # in creation order; pruned whenever a user's list is read or written.
         self._users: dict[str, dict[str, None]] = {}
+        # Called with the ID of each session ended by max_sessions_per_user (the
+        # hybrid backend stops their access tokens with it).
+        self.on_evict: Callable[[str], None] | None = None
 
     def __len__(self) -> int:
         """Records held, including expired ones not yet swept and grace aliases."""
@@ -180,6 +183,12 @@ class MemoryBackend:
             self._drop(entry.alias_of)
         self._drop(key)
 
+    async def exists(self, session_id: str) -> bool:
+        """Whether the session ``session_id`` is live (not ended, not expired, not a
+        rotated session's grace alias)."""
+        entry = self._entries.get(session_id)
+        return entry is not None and entry.alias_of is None and entry.expires_at > self.clock()
+
     async def aclose(self) -> None:
         self._entries.clear()
         self._users.clear()
@@ -214,6 +223,10 @@ class MemoryBackend:
                     self._drop(key)
         self._drop(session_id)
         return True
+
+    async def _user_ids(self, user_id: str) -> list[str]:
+        """Every ID in the user's index: live sessions and grace aliases."""
+        return list(self._users.get(user_id, ()))
 
     async def revoke_user(self, user_id: str, *, keep: str | None = None) -> int:
         now = self.clock()
@@ -263,6 +276,8 @@ class MemoryBackend:
             for key, _ in live[: max(0, len(live) - cap)]:
                 logger.info("user's session limit reached: ended session %s", key[:12])
                 self._drop(key)
+                if self.on_evict is not None:
+                    self.on_evict(key)
 
     def _unindex(self, user: str | None, key: str) -> None:
         if user is not None and user in self._users:

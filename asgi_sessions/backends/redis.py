@@ -466,6 +466,9 @@ class RedisBackend:
         # save shortens it, and then the middleware touches on the refresh it sees due.
         self._due: dict[str, float] = {}
         self._due_size = 10_000
+        # Called with the ID of each session ended by max_sessions_per_user (the
+        # hybrid backend stops their access tokens with it).
+        self.on_evict: Callable[[str], None] | None = None
 
     # -- keys ----------------------------------------------------------------------
 
@@ -715,6 +718,12 @@ class RedisBackend:
             operations.append(self.client.zrem(index, record.session_id))
         await self._run(asyncio.gather(*operations))
 
+    async def exists(self, session_id: str) -> bool:
+        """Whether the session ``session_id`` is live (not ended, not expired, not a
+        rotated session's grace alias). One command."""
+        meta, alias = await self._run(self.client.hmget(self._key(session_id), ("m", "a")))
+        return meta is not None and alias is None
+
     async def aclose(self) -> None:
         if self._owns_client:
             await self.client.aclose()
@@ -772,11 +781,17 @@ class RedisBackend:
             live = live[len(live) - keep_newest :]
             for session_id, _ in evicted:
                 logger.info("user's session limit reached: ended session %s", session_id[:12])
+                if self.on_evict is not None:
+                    self.on_evict(session_id)
             await self._run(asyncio.gather(*(self.client.delete(self._key(i)) for i, _ in evicted)))
             dead += [i for i, _ in evicted]
         if dead:
             await self._run(self.client.zrem(self._user_key(user_id), *dead))
         return live
+
+    async def _user_ids(self, user_id: str) -> list[str]:
+        """Every ID in the user's index: live sessions and grace aliases."""
+        return await self._members(user_id)
 
     async def _members(self, user_id: str) -> list[str]:
         raw = await self._run(self.client.zrange(self._user_key(user_id), 0, -1))

@@ -1,0 +1,548 @@
+"""HybridBackend: a short-lived signed access token in front of a server-side session.
+
+The cookie holds two tokens, ``<access JWT>.<refresh token>``:
+
+- the **access token** is a JWT (signed like :class:`JWTBackend`'s, under its own
+  audience) carrying the session's ID, its family, its metadata and a copy of its
+  data; it lives ``access_ttl`` seconds (15 minutes by default);
+- the **refresh token** is the server-side session's own token in the store (a
+  :class:`RedisBackend` or :class:`MemoryBackend`), which keeps only its SHA-256.
+
+A request whose access token is valid is answered from the token alone: no store
+round trip. Once it has expired (or is within ``refresh_margin`` seconds of it), the
+same request loads the session from the store with the refresh token and rotates
+it: the store writes the session under a new token, and the old one becomes the
+store's read-only grace alias for ``rotation_grace`` seconds. The response carries a
+new access token and the new refresh token. Parallel requests of the browser that
+carried the same expired pair all succeed: exactly one rotates, the others read the
+alias and send no cookie, so the browser keeps the winner's.
+
+Reuse detection: every rotation leaves a *spent* marker for the old token's ID,
+naming the session's family (the ID the session was created with), and points the
+family at its current ID. A spent refresh token presented after the grace (a copy
+stolen and replayed, or the victim's browser after the thief rotated) revokes the
+family's current session and fires a ``suspicious`` event.
+
+Revocation latency: revoking a session (logout, ``revoke``, ``revoke_user``, a reuse,
+a veto) ends it in the store at once, so its next refresh fails. An access token
+already issued stays valid until it expires, in other processes, unless
+``check_revocation=True``: then each request with a valid access token also checks
+that its session is still live (one command), and revocation is immediate
+everywhere. This process always remembers what it revoked, for ``access_ttl``
+seconds, and refuses those access tokens at once.
+
+Store commands (Redis): a request with a valid access token, none
+(``check_revocation``: one ``HMGET``). A refresh: the store's load (1), the
+rotation (2, sent together: the new session and the old one's alias; a session
+bound to a user also updates the user's index: 2 more, plus one ``HMGET`` per
+session the user has), and the two spent/family markers (2, sent together).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import timedelta
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from asgi_sessions._log import logger
+from asgi_sessions.backends._tokens import checked_id
+from asgi_sessions.backends.base import Delta, SessionInfo, SessionRecord
+from asgi_sessions.backends.jwt import _FAMILY, JWTBackend, JWTKey, _Verified
+from asgi_sessions.backends.memory import MemoryBackend
+from asgi_sessions.errors import ConfigurationError, InvalidToken, SessionGone
+from asgi_sessions.policy import seconds
+from asgi_sessions.serializers import JSONSerializer, Serializer
+
+if TYPE_CHECKING:
+    from asgi_sessions.backends.redis import RedisBackend
+    from asgi_sessions.policy import ExpiryPolicy
+
+__all__ = ["HybridBackend", "Revalidate"]
+
+_REFRESH: Final = "hybrid.refresh"  # SessionRecord.extra: the store token in force
+_ROTATED: Final = "hybrid.rotated"  # set when this request's load rotated it already
+
+Revalidate = Callable[[str | None, Mapping[str, Any]], Awaitable[bool]]
+"""``revalidate(user_id, data) -> bool``: called on every refresh (never on a request
+with a valid access token); False ends the session (user deleted, disabled, or
+their password changed)."""
+
+EventHook = Callable[[str, Mapping[str, Any]], None]
+
+
+class _Store(Protocol):
+    """What the hybrid backend needs of its server-side store."""
+
+    serializer: Any
+
+    async def load(
+        self,
+        token: str,
+        *,
+        now: float,
+        policy: ExpiryPolicy | None = None,
+        ip: str | None = None,
+        user_agent: str | None = None,
+    ) -> SessionRecord | None: ...
+
+    async def save(
+        self,
+        token: str | None,
+        record: SessionRecord,
+        delta: Delta,
+        *,
+        now: float,
+        ttl: int,
+        rotate: bool,
+    ) -> str: ...
+
+    async def touch(
+        self, token: str, record: SessionRecord, *, now: float, ttl: int
+    ) -> str | None: ...
+
+    async def delete(self, token: str, record: SessionRecord) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def exists(self, session_id: str) -> bool: ...
+
+    async def list_sessions(
+        self, user_id: str, *, current: str | None = None
+    ) -> list[SessionInfo]: ...
+
+    async def revoke(self, session_id: str) -> bool: ...
+
+    async def revoke_user(self, user_id: str, *, keep: str | None = None) -> int: ...
+
+    async def _user_ids(self, user_id: str) -> list[str]: ...
+
+
+class _BothSerializer:
+    """Values must fit both the access token (JSON) and the store: refused when set
+    if either cannot round-trip them."""
+
+    def __init__(self, token: Serializer, store: Serializer) -> None:
+        self._token = token
+        self._store = store
+
+    def check(self, key: str, value: Any) -> None:
+        self._token.check(key, value)
+        self._store.check(key, value)
+
+    def dumps(self, data: Mapping[str, Any]) -> bytes:
+        return self._token.dumps(data)
+
+    def loads(self, raw: bytes) -> dict[str, Any]:
+        return self._token.loads(raw)
+
+
+class _Ledger:
+    """Spent refresh-token IDs -> family, and family -> current session ID."""
+
+    async def spend(self, old_id: str, new_id: str, family: str, ttl: int) -> None:
+        raise NotImplementedError
+
+    async def family_of_spent(self, session_id: str) -> str | None:
+        raise NotImplementedError
+
+    async def current(self, family: str) -> str | None:
+        raise NotImplementedError
+
+    async def forget(self, family: str) -> None:
+        raise NotImplementedError
+
+
+class _MemoryLedger(_Ledger):
+    def __init__(self, clock: Callable[[], float], limit: int) -> None:
+        self._clock = clock
+        self._limit = limit
+        self._spent: dict[str, tuple[str, float]] = {}
+        self._families: dict[str, tuple[str, float]] = {}
+
+    def _put(self, table: dict[str, tuple[str, float]], key: str, value: str, ttl: int) -> None:
+        now = self._clock()
+        if len(table) >= self._limit:
+            for stale in [k for k, (_, until) in table.items() if until <= now]:
+                del table[stale]
+            while len(table) >= self._limit:
+                del table[next(iter(table))]
+        table[key] = (value, now + ttl)
+
+    def _get(self, table: dict[str, tuple[str, float]], key: str) -> str | None:
+        item = table.get(key)
+        if item is None:
+            return None
+        if item[1] <= self._clock():
+            del table[key]
+            return None
+        return item[0]
+
+    async def spend(self, old_id: str, new_id: str, family: str, ttl: int) -> None:
+        self._put(self._spent, old_id, family, ttl)
+        self._put(self._families, family, new_id, ttl)
+
+    async def family_of_spent(self, session_id: str) -> str | None:
+        return self._get(self._spent, session_id)
+
+    async def current(self, family: str) -> str | None:
+        return self._get(self._families, family)
+
+    async def forget(self, family: str) -> None:
+        self._families.pop(family, None)
+
+
+class _RedisLedger(_Ledger):
+    def __init__(self, store: RedisBackend) -> None:
+        self._store = store
+        self._prefix = store.prefix + "h:"
+
+    async def spend(self, old_id: str, new_id: str, family: str, ttl: int) -> None:
+        client = self._store.client
+        await self._store._run(
+            asyncio.gather(
+                client.set(f"{self._prefix}s:{old_id}", family, px=ttl * 1000),
+                client.set(f"{self._prefix}f:{family}", new_id, px=ttl * 1000),
+            )
+        )
+
+    async def _get(self, key: str) -> str | None:
+        raw = await self._store._run(self._store.client.get(key))
+        if raw is None:
+            return None
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    async def family_of_spent(self, session_id: str) -> str | None:
+        return await self._get(f"{self._prefix}s:{session_id}")
+
+    async def current(self, family: str) -> str | None:
+        return await self._get(f"{self._prefix}f:{family}")
+
+    async def forget(self, family: str) -> None:
+        await self._store._run(self._store.client.delete(f"{self._prefix}f:{family}"))
+
+
+class HybridBackend:
+    """Sessions held server-side in ``store``, fronted by a short-lived access token.
+
+    ``store`` is a :class:`RedisBackend` or :class:`MemoryBackend`: it keeps the data
+    and the metadata, does the delta writes, the per-user index and the rotation
+    grace (``rotation_grace`` of the store is also the window in which parallel
+    requests may present the same spent refresh token). ``secret`` or ``keys`` sign
+    the access tokens, as for :class:`JWTBackend`, under ``audience`` (so a plain
+    JWT session token is never accepted as an access token, nor the reverse).
+
+    ``access_ttl`` (seconds or a timedelta, default 15 minutes) is the access token's
+    lifetime and so the longest a revocation can take to reach other processes
+    unless ``check_revocation`` is on. ``refresh_margin`` seconds before it expires,
+    the next request refreshes. ``revalidate`` (see :data:`Revalidate`) can veto a
+    refresh. ``on_event(name, details)`` is called with ``"refreshed"``,
+    ``"revoked"`` (a veto) and ``"suspicious"`` (refresh-token reuse); details hold
+    the session ID's first 12 hex digits (never a token) and the user ID.
+
+    A write goes to the store as a delta and re-issues the access token with the
+    request's copy of the data; a concurrent write by another request reaches the
+    access tokens of other requests at their next refresh. Values must be storable
+    both in the JSON access token and in the store, and are refused when set if not.
+    """
+
+    def __init__(
+        self,
+        store: RedisBackend | MemoryBackend,
+        *,
+        secret: str | bytes | None = None,
+        keys: Sequence[JWTKey] | None = None,
+        access_ttl: int | timedelta = 900,
+        refresh_margin: int | timedelta = 10,
+        check_revocation: bool = False,
+        revalidate: Revalidate | None = None,
+        on_event: EventHook | None = None,
+        audience: str = "asgi-sessions-access",
+        issuer: str | None = None,
+        leeway: int | timedelta = 30,
+        cache_size: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        from asgi_sessions.backends.redis import RedisBackend
+
+        if isinstance(store, RedisBackend):
+            self._ledger: _Ledger = _RedisLedger(store)
+        elif isinstance(store, MemoryBackend):
+            self._ledger = _MemoryLedger(store.clock, store.max_sessions)
+        else:
+            raise ConfigurationError(
+                f"store must be a RedisBackend or MemoryBackend, got {type(store).__name__}"
+            )
+        self.access_ttl = seconds(access_ttl, "access_ttl")
+        self.refresh_margin = seconds(refresh_margin, "refresh_margin")
+        if self.access_ttl < 1:
+            raise ConfigurationError("access_ttl must be at least 1 second")
+        if self.refresh_margin >= self.access_ttl:
+            raise ConfigurationError(
+                f"refresh_margin ({self.refresh_margin}s) must be below access_ttl "
+                f"({self.access_ttl}s), or every request would refresh"
+            )
+        if revalidate is not None and not callable(revalidate):
+            raise ConfigurationError("revalidate must be an async callable or None")
+        self.store: _Store = store
+        self._tokens = JWTBackend(
+            secret,
+            keys=keys,
+            audience=audience,
+            issuer=issuer,
+            leeway=leeway,
+            cache_size=cache_size,
+        )
+        self.serializer = _BothSerializer(JSONSerializer(), store.serializer)
+        store.on_evict = self._mark_revoked
+        self.check_revocation = check_revocation
+        self.revalidate = revalidate
+        self.on_event = on_event
+        self.clock = clock
+        # What this process revoked (session ID -> until when its access tokens may
+        # still be presented), so they stop here at once.
+        self._revoked: dict[str, float] = {}
+
+    # -- the SessionBackend protocol ------------------------------------------------
+
+    async def load(
+        self,
+        token: str,
+        *,
+        now: float,
+        policy: ExpiryPolicy | None = None,
+        ip: str | None = None,
+        user_agent: str | None = None,
+    ) -> SessionRecord | None:
+        if type(token) is not str:
+            raise InvalidToken("token is not a str")
+        access, dot, refresh = token.rpartition(".")
+        if not dot or not access:
+            raise InvalidToken("not an access and refresh token pair")
+        session_id = checked_id(refresh)
+        entry = self._access(access)
+        if entry.sid != session_id:
+            raise InvalidToken("the access token belongs to another session")
+        if now < entry.nb_limit:
+            raise InvalidToken("token is not valid yet (iat or nbf in the future)")
+        family = entry.family or session_id
+        expires = entry.exp_limit - self._tokens.leeway
+        if now < expires - self.refresh_margin:
+            if self._is_revoked(session_id, now):
+                return None
+            if self.check_revocation and not await self.store.exists(session_id):
+                return None
+            record = entry.record()
+            record.extra[_REFRESH] = refresh
+            record.extra[_FAMILY] = family
+            return record
+        return await self._refresh(refresh, session_id, family, now, policy, ip, user_agent)
+
+    async def save(
+        self,
+        token: str | None,
+        record: SessionRecord,
+        delta: Delta,
+        *,
+        now: float,
+        ttl: int,
+        rotate: bool,
+    ) -> str:
+        refresh = None if token is None else record.extra.get(_REFRESH)
+        if token is not None and refresh is None:
+            raise SessionGone("no refresh token for this session")
+        old_id = record.session_id
+        family = record.extra.get(_FAMILY)
+        new = await self.store.save(refresh, record, delta, now=now, ttl=ttl, rotate=rotate)
+        if token is None or family is None:
+            family = record.session_id
+        elif rotate:
+            await self._ledger.spend(
+                old_id, record.session_id, family, self._family_ttl(record, now)
+            )
+        record.extra[_REFRESH] = new
+        record.extra[_FAMILY] = family
+        record.extra.pop(_ROTATED, None)
+        return self._issue(record, new, now, ttl)
+
+    async def touch(self, token: str, record: SessionRecord, *, now: float, ttl: int) -> str | None:
+        refresh = record.extra.get(_REFRESH)
+        if refresh is None:
+            raise SessionGone("no refresh token for this session")
+        if not record.extra.pop(_ROTATED, False):
+            await self.store.touch(refresh, record, now=now, ttl=ttl)
+        return self._issue(record, refresh, now, ttl)
+
+    async def delete(self, token: str, record: SessionRecord) -> None:
+        refresh = record.extra.get(_REFRESH)
+        if refresh is None:
+            _, _, refresh = token.rpartition(".")
+        await self.store.delete(refresh, record)
+        self._mark_revoked(record.session_id)
+
+    async def aclose(self) -> None:
+        await self._tokens.aclose()
+        await self.store.aclose()
+
+    # -- per-user operations (the store's, and this process stops the access tokens) ---
+
+    async def list_sessions(self, user_id: str, *, current: str | None = None) -> list[SessionInfo]:
+        return await self.store.list_sessions(user_id, current=current)
+
+    async def revoke(self, session_id: str) -> bool:
+        self._mark_revoked(session_id)
+        return await self.store.revoke(session_id)
+
+    async def revoke_user(self, user_id: str, *, keep: str | None = None) -> int:
+        # Grace aliases too: a parallel request's access token may name one.
+        for session_id in await self.store._user_ids(user_id):
+            if session_id != keep:
+                self._mark_revoked(session_id)
+        return await self.store.revoke_user(user_id, keep=keep)
+
+    # -- internals -----------------------------------------------------------------
+
+    def _access(self, access: str) -> _Verified:
+        tokens = self._tokens
+        entry = tokens._cache.get(access)
+        if entry is None:
+            entry = tokens._verify(access)  # InvalidToken for anything forged or malformed
+            tokens._remember(access, entry)
+        return entry
+
+    def _issue(self, record: SessionRecord, refresh: str, now: float, ttl: int) -> str:
+        raw = self._tokens.serializer.dumps(record.data).decode()
+        access = self._tokens._issue(record, raw, now=now, ttl=min(ttl, self.access_ttl))
+        return f"{access}.{refresh}"
+
+    async def _refresh(
+        self,
+        refresh: str,
+        session_id: str,
+        family: str,
+        now: float,
+        policy: ExpiryPolicy | None,
+        ip: str | None,
+        user_agent: str | None,
+    ) -> SessionRecord | None:
+        store = self.store
+        record = await store.load(refresh, now=now)
+        if record is None:
+            await self._check_reuse(session_id, now)
+            return None
+        if record.read_only:
+            # A parallel request of this browser rotated the pair a moment ago: serve
+            # the data read-only; the browser keeps the winner's new cookie.
+            record.extra[_REFRESH] = refresh
+            return record
+        if policy is not None and policy.is_expired(record, now):
+            return None
+        if self.revalidate is not None and not await self.revalidate(
+            record.user_id, MappingProxyType(record.data)
+        ):
+            logger.info("session %s: refresh vetoed by revalidate(); ended", session_id[:12])
+            await store.delete(refresh, record)
+            self._mark_revoked(session_id)
+            self._event("revoked", record, reason="revalidate() vetoed the refresh")
+            return None
+        ttl = self._prepare(record, policy, now, ip, user_agent)
+        try:
+            new = await store.save(refresh, record, Delta({}), now=now, ttl=ttl, rotate=True)
+        except SessionGone:
+            # Lost the race to a parallel request that rotated first: its alias.
+            again = await store.load(refresh, now=now)
+            if again is None or not again.read_only:
+                return None
+            again.extra[_REFRESH] = refresh
+            return again
+        await self._ledger.spend(
+            session_id, record.session_id, family, self._family_ttl(record, now)
+        )
+        record.extra[_REFRESH] = new
+        record.extra[_FAMILY] = family
+        record.extra[_ROTATED] = True
+        record.reissue = True  # the middleware sends the new pair on this response
+        self._event("refreshed", record)
+        return record
+
+    def _prepare(
+        self,
+        record: SessionRecord,
+        policy: ExpiryPolicy | None,
+        now: float,
+        ip: str | None,
+        user_agent: str | None,
+    ) -> int:
+        """Set the metadata a save needs (as the middleware does); the store TTL."""
+        record.last_seen = now
+        record.rotated_at = now
+        record.ip, record.user_agent = ip, user_agent
+        if policy is None:
+            record.absolute_expiry = record.fixed_expiry
+            record.sliding = None
+            return max(1, math.ceil((record.fixed_expiry or now + self.access_ttl) - now))
+        absolute = policy.absolute_deadline(record)
+        if record.fixed_expiry is not None:
+            absolute = min(absolute, record.fixed_expiry)
+        record.absolute_expiry = absolute
+        record.sliding = policy.sliding(record)
+        return policy.ttl(record, now)
+
+    def _family_ttl(self, record: SessionRecord, now: float) -> int:
+        # A spent token can be replayed for as long as the family could live.
+        until = record.absolute_expiry or now + 366 * 86400
+        return max(1, math.ceil(until - now))
+
+    async def _check_reuse(self, session_id: str, now: float) -> None:
+        family = await self._ledger.family_of_spent(session_id)
+        if family is None:
+            return  # unknown, expired or revoked: just anonymous
+        current = await self._ledger.current(family) or family
+        logger.warning(
+            "refresh token reuse for session %s (family %s): family revoked",
+            session_id[:12],
+            family[:12],
+        )
+        await self.store.revoke(current)
+        await self._ledger.forget(family)
+        self._mark_revoked(current)
+        if self.on_event is not None:
+            self.on_event(
+                "suspicious",
+                {
+                    "reason": "refresh token reuse",
+                    "session": session_id[:12],
+                    "revoked": current[:12],
+                },
+            )
+
+    def _mark_revoked(self, session_id: str) -> None:
+        now = self.clock()
+        revoked = self._revoked
+        if len(revoked) >= 10_000:
+            for stale in [k for k, until in revoked.items() if until <= now]:
+                del revoked[stale]
+            if len(revoked) >= 10_000:
+                del revoked[next(iter(revoked))]
+        revoked[session_id] = now + self.access_ttl + self._tokens.leeway
+
+    def _is_revoked(self, session_id: str, now: float) -> bool:
+        revoked = self._revoked
+        if not revoked:
+            return False
+        until = revoked.get(session_id)
+        if until is None:
+            return False
+        if now < until:
+            return True
+        del revoked[session_id]
+        return False
+
+    def _event(self, name: str, record: SessionRecord, **details: Any) -> None:
+        if self.on_event is not None:
+            self.on_event(
+                name, {"session": record.session_id[:12], "user": record.user_id, **details}
+            )

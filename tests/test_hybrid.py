@@ -1,0 +1,339 @@
+"""HybridBackend: access token in front, server-side session behind (issue 4).
+
+Runs on the memory store and on a real Redis; Redis command counts come from
+``INFO commandstats`` of a private server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from asgi_sessions import (
+    ConfigurationError,
+    HybridBackend,
+    InvalidToken,
+    MemoryBackend,
+    SerializationError,
+    SessionMiddleware,
+)
+from asgi_sessions.backends.redis import RedisBackend
+from tests.asgi import Client, session_app
+from tests.conftest import FakeClock
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "hybrid-test-secret-of-at-least-32-bytes!"
+ACCESS = 900
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(
+    request: pytest.FixtureRequest, clock: FakeClock
+) -> AsyncIterator[RedisBackend | MemoryBackend]:
+    if request.param == "memory":
+        yield MemoryBackend(clock=clock, rotation_grace=5)
+        return
+    url = request.getfixturevalue("redis_url")
+    backend = RedisBackend(url, prefix=f"h{uuid.uuid4().hex[:12]}:", rotation_grace=5)
+    yield backend
+    await backend.aclose()
+
+
+def hybrid(store: Any, clock: FakeClock, **options: Any) -> HybridBackend:
+    return HybridBackend(store, secret=SECRET, access_ttl=ACCESS, clock=clock, **options)
+
+
+def client_for(backend: HybridBackend, clock: FakeClock, **settings: Any) -> Client:
+    return Client(SessionMiddleware(session_app, backend=backend, clock=clock, **settings))
+
+
+def pair(client: Client) -> tuple[str, str]:
+    access, _, refresh = client.jar["session"].rpartition(".")
+    return access, refresh
+
+
+async def test_round_trip_and_a_refresh_rotates_the_refresh_token(
+    store: Any, clock: FakeClock
+) -> None:
+    backend = hybrid(store, clock)
+    client = client_for(backend, clock)
+    await client.get("/set?k=v")
+    access, refresh = pair(client)
+    assert (await client.get("/read")).json() == {"k": "v"}
+    assert pair(client) == (access, refresh)  # a valid access token: nothing re-issued
+    clock.advance(ACCESS + 1)
+    response = await client.get("/read")
+    assert response.json() == {"k": "v"}
+    new_access, new_refresh = pair(client)
+    assert new_access != access
+    assert new_refresh != refresh
+    # The old pair reads the session during the grace, and writes nothing there.
+    old = f"session={access}.{refresh}".encode()
+    inside = await client.get("/set?k=stale", cookie=old)
+    assert inside.json() == {"k": "stale"}
+    assert inside.set_cookies == []
+    assert (await client.get("/read")).json() == {"k": "v"}
+
+
+async def test_writes_go_to_the_store_and_reissue_the_access_token(
+    store: Any, clock: FakeClock
+) -> None:
+    backend = hybrid(store, clock)
+    client = client_for(backend, clock)
+    await client.get("/set?a=1")
+    before = pair(client)
+    await client.get("/set?b=2")
+    after = pair(client)
+    assert after[0] != before[0]
+    assert after[1] == before[1]
+    # The store has both keys: a fresh load through the refresh token sees them.
+    clock.advance(ACCESS + 1)
+    assert (await client.get("/read")).json() == {"a": "1", "b": "2"}
+
+
+async def test_a_valid_access_token_is_never_revalidated(store: Any, clock: FakeClock) -> None:
+    calls: list[str | None] = []
+
+    async def revalidate(user: str | None, data: Mapping[str, Any]) -> bool:
+        calls.append(user)
+        return user != "banned"
+
+    backend = hybrid(store, clock, revalidate=revalidate)
+    client = client_for(backend, clock)
+    await client.get("/bind?user=ann")
+    for _ in range(5):
+        await client.get("/read")
+    assert calls == []
+    clock.advance(ACCESS + 1)
+    assert (await client.get("/read")).json() == {"user": "ann"}
+    assert calls == ["ann"]
+    # A veto on the next refresh ends the session.
+    other = client_for(backend, clock)
+    await other.get("/bind?user=banned")
+    clock.advance(ACCESS + 1)
+    response = await other.get("/read")
+    assert response.json() == {}
+    assert calls == ["ann", "banned"]
+    assert await backend.list_sessions("banned") == []
+
+
+async def test_parallel_requests_with_one_expired_pair_rotate_exactly_once(
+    store: Any, clock: FakeClock
+) -> None:
+    backend = hybrid(store, clock)
+    client = client_for(backend, clock)
+    await client.get("/bind?user=ann")
+    await client.get("/set?cart=3")
+    cookie = f"session={client.jar['session']}".encode()
+    clock.advance(ACCESS + 1)
+    responses = await asyncio.gather(
+        *(Client(client.app).get("/read", cookie=cookie) for _ in range(20))
+    )
+    assert [r.status for r in responses] == [200] * 20
+    assert all(r.json() == {"user": "ann", "cart": "3"} for r in responses)
+    issued = [c for r in responses for c in r.set_cookies]
+    assert len(issued) == 1
+    assert "Max-Age=0" not in issued[0]
+    (info,) = await backend.list_sessions("ann")  # one live session server-side ...
+    assert info.session_id == _session_id_of(issued[0])  # ... the one the cookie names
+
+
+def _session_id_of(set_cookie: str) -> str:
+    from asgi_sessions.backends._tokens import token_id
+
+    value = set_cookie.split(";", 1)[0].partition("=")[2]
+    return token_id(value.rpartition(".")[2])
+
+
+async def test_a_spent_refresh_token_replayed_after_the_grace_revokes_the_family(
+    store: Any, clock: FakeClock
+) -> None:
+    events: list[tuple[str, dict[str, Any]]] = []
+    backend = hybrid(
+        store, clock, on_event=lambda name, details: events.append((name, dict(details)))
+    )
+    victim = client_for(backend, clock)
+    await victim.get("/bind?user=ann")
+    stolen = f"session={victim.jar['session']}".encode()
+    clock.advance(ACCESS + 1)
+    assert (await victim.get("/read")).json() == {"user": "ann"}  # the victim refreshes
+    if isinstance(store, RedisBackend):
+        await asyncio.sleep(5.2)  # Redis expires the grace alias on its own clock
+    clock.advance(6)  # past the grace
+    thief = Client(victim.app)
+    response = await thief.get("/read", cookie=stolen)
+    assert response.json() == {}
+    assert [name for name, _ in events].count("suspicious") == 1
+    suspicious = next(d for n, d in events if n == "suspicious")
+    assert suspicious["reason"] == "refresh token reuse"
+    # The victim's current pair (its access token still valid) is anonymous now.
+    assert (await victim.get("/read")).json() == {}
+    assert await backend.list_sessions("ann") == []
+    # No event or log detail holds a token.
+    tokens = stolen.decode().partition("=")[2]
+    for part in tokens.split("."):
+        assert all(part not in str(details) for _, details in events)
+
+
+async def test_revoke_user_with_and_without_the_immediate_check(
+    store: Any, clock: FakeClock
+) -> None:
+    for immediate in (True, False):
+        backend = hybrid(store, clock, check_revocation=immediate)
+        client = client_for(backend, clock)
+        await client.get(f"/bind?user=u{immediate}")
+        assert (await client.get("/read")).json() == {"user": f"u{immediate}"}
+        # Revoked by another process (a second backend over the same store): this
+        # process's memory of what it revoked does not help here.
+        admin = hybrid(store, clock)
+        assert await admin.revoke_user(f"u{immediate}") == 1
+        if immediate:
+            assert (await client.get("/read")).json() == {}
+            continue
+        # Without the check the access token works until it expires, and not after.
+        assert (await client.get("/read")).json() == {"user": f"u{immediate}"}
+        clock.advance(ACCESS - 11)
+        assert (await client.get("/read")).json() == {"user": f"u{immediate}"}
+        clock.advance(12)
+        assert (await client.get("/read")).json() == {}
+
+
+async def test_revoke_in_this_process_is_immediate(store: Any, clock: FakeClock) -> None:
+    backend = hybrid(store, clock)
+    phone = client_for(backend, clock)
+    laptop = client_for(backend, clock)
+    await phone.get("/bind?user=ann")
+    await laptop.get("/bind?user=ann")
+    assert len(await backend.list_sessions("ann")) == 2
+    keep = _session_id_of("session=" + laptop.jar["session"])
+    assert await backend.revoke_user("ann", keep=keep) == 1
+    assert (await phone.get("/read")).json() == {}
+    assert (await laptop.get("/read")).json() == {"user": "ann"}
+    await laptop.get("/invalidate")
+    assert (await laptop.get("/read", cookie=b"session=" + b"x")).json() == {}
+
+
+async def test_logout_is_final_for_a_captured_cookie(store: Any, clock: FakeClock) -> None:
+    backend = hybrid(store, clock)
+    client = client_for(backend, clock)
+    await client.get("/set?k=v")
+    captured = f"session={client.jar['session']}".encode()
+    await client.get("/invalidate")
+    assert (await Client(client.app).get("/read", cookie=captured)).json() == {}
+    clock.advance(ACCESS + 1)
+    assert (await Client(client.app).get("/read", cookie=captured)).json() == {}
+
+
+async def test_tampered_and_mismatched_pairs_are_rejected(store: Any, clock: FakeClock) -> None:
+    backend = hybrid(store, clock)
+    a = client_for(backend, clock)
+    b = client_for(backend, clock)
+    await a.get("/set?k=a")
+    await b.get("/set?k=b")
+    access_a, refresh_a = pair(a)
+    _, refresh_b = pair(b)
+    for token in (
+        f"{access_a}.{refresh_b}",  # a's access token with b's refresh token
+        f"{access_a}x.{refresh_a}",  # a bad signature
+        refresh_a,  # no access token
+        f"{access_a}.",  # no refresh token
+        "a.b.c.d",
+    ):
+        with pytest.raises(InvalidToken):
+            await backend.load(token, now=clock.now)
+        response = await Client(a.app).get("/read", cookie=f"session={token}".encode())
+        assert response.status == 200
+        assert response.json() == {}
+
+
+async def test_values_must_fit_the_access_token_and_the_store(store: Any, clock: FakeClock) -> None:
+    from datetime import UTC, datetime
+
+    backend = hybrid(store, clock)
+    with pytest.raises(SerializationError):
+        backend.serializer.check("when", datetime.now(UTC))  # JSON cannot hold it
+    with pytest.raises(SerializationError):
+        backend.serializer.check("t", (1, 2))
+
+
+def test_bad_configuration_is_refused() -> None:
+    store = MemoryBackend()
+    with pytest.raises(ConfigurationError, match="refresh_margin"):
+        HybridBackend(store, secret=SECRET, access_ttl=10, refresh_margin=10)
+    with pytest.raises(ConfigurationError, match="store"):
+        HybridBackend(object(), secret=SECRET)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        HybridBackend(store, secret="short")
+
+
+# -- Redis commands, from INFO commandstats of a private server ---------------------------
+
+
+async def test_redis_commands_per_request(private_redis: Any, clock: FakeClock) -> None:
+    """commandstats counts every command, those run inside a script too; MONITOR
+    (commands not from "lua") counts the round trips' commands."""
+    raw = Redis.from_url(private_redis.url)
+    store = RedisBackend(private_redis.url, rotation_grace=5)
+    backend = hybrid(store, clock)
+    try:
+        client = client_for(backend, clock)
+        await client.get("/bind?user=ann")
+        await client.get("/set?k=v")
+        clock.advance(ACCESS + 1)
+        await client.get("/read")  # a first refresh caches the scripts in the server
+
+        async def count(target: str) -> tuple[int, int]:
+            await raw.config_resetstat()
+            marker = uuid.uuid4().hex
+            sent = 0
+            async with raw.monitor() as monitor:
+                await client.get(target)
+                await raw.echo(marker)
+                for _ in range(1000):
+                    command = await monitor.next_command()
+                    if marker in command["command"]:
+                        break
+                    name = command["command"].split(" ", 1)[0].upper()
+                    # Connection upkeep (a new pooled connection's HELLO and CLIENT
+                    # SETINFO, redis-py's health-check PING) is not the request's.
+                    if command["client_type"] != "lua" and name not in ("HELLO", "CLIENT", "PING"):
+                        sent += 1
+            stats = await raw.info("commandstats")
+            executed = sum(
+                int(v["calls"])
+                for k, v in stats.items()
+                if k not in ("cmdstat_info", "cmdstat_config|resetstat", "cmdstat_monitor")
+                and k not in ("cmdstat_echo", "cmdstat_hello", "cmdstat_client|setinfo")
+            )
+            return sent, executed
+
+        assert await count("/read") == (0, 0)  # a valid access token: no Redis at all
+        assert await count("/untouched") == (0, 0)
+        write = await count("/set?k=w")
+        assert write[0] == 1  # the delta write (one script); the access token re-issued
+        clock.advance(ACCESS + 1)
+        (index,) = [k async for k in raw.scan_iter(match=store.prefix + "u:*")]
+        members = await raw.zcard(index)
+        refresh = await count("/read")
+        # load 1 (HGET); rotation 2 (the new key and the old one's alias, sent
+        # together); the user's index 1 script plus one HMGET per member (the user's
+        # sessions and their recent grace aliases, the new session included, sent
+        # together); the spent and family markers 2 (sent together).
+        assert refresh[0] == 6 + (members + 1), (refresh, members)
+        print(
+            f"\nhybrid on Redis, commands sent / executed (commandstats): valid access read "
+            f"0/0, write {write[0]}/{write[1]}, refresh {refresh[0]}/{refresh[1]} "
+            f"(the user's index held {members})"
+        )
+        checked = hybrid(store, clock, check_revocation=True)
+        client.app = SessionMiddleware(session_app, backend=checked, clock=clock)
+        assert await count("/read") == (1, 1)  # the immediate revocation check: one HMGET
+    finally:
+        await store.aclose()
+        await raw.aclose()
