@@ -25,8 +25,9 @@ import json
 import math
 import re
 import secrets
+import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Final
@@ -238,11 +239,23 @@ class JWTBackend:
     most ``max_cookie_chunks``); ``save`` raises :class:`SessionTooLarge` for a token
     over ``MAX_TOKEN_LENGTH`` (64 KiB), which ``load`` would refuse.
 
-    Stateless tokens cannot be revoked: ``delete``, ``invalidate()`` and
-    ``rotate()`` replace or expire the browser's cookie, but a copy of an earlier
-    token stays valid until its ``exp`` (at most the idle timeout after it was
-    issued). Keep the idle timeout short, or use a server-side backend when
-    revocation matters.
+    Without ``revocation``, tokens cannot be revoked: ``delete``, ``invalidate()``
+    and ``rotate()`` replace or expire the browser's cookie, but a copy of an
+    earlier token stays valid until its ``exp`` (at most the idle timeout after it
+    was issued). Keep the idle timeout short, or give a Redis server.
+
+    ``revocation`` (a Redis URL, ``redis.asyncio.Redis`` or ``RedisCluster``) makes
+    logout final: ``delete`` (``invalidate()``, logout) puts the session ID on a deny
+    list until its token expires, ``rotate()`` does so after ``rotation_grace``
+    seconds (parallel requests with the old token still pass meanwhile), and
+    :meth:`revoke_user` sets a per-user "not before" time that ends every session of
+    the user last rotated before it (keep one with ``keep=``). Each request with a
+    token then costs one Redis command (``MGET`` of the two entries, which share a
+    Cluster slot), and a failing Redis fails the request as for
+    :class:`RedisBackend`. Entries expire with the tokens they deny; a user's "not
+    before" lives ``max_session_age`` seconds, which must cover your longest session.
+    Pass the middleware's ``clock`` when it has one: revocation times are compared
+    with the times the middleware gives.
     """
 
     serializer: Serializer
@@ -256,6 +269,11 @@ class JWTBackend:
         issuer: str | None = None,
         leeway: int | timedelta = 30,
         cache_size: int = 10_000,
+        revocation: Any = None,
+        revocation_prefix: str = "asgi_sessions:jwt:",
+        rotation_grace: int = 5,
+        max_session_age: int | timedelta = timedelta(days=30),
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if (secret is None) == (keys is None):
             raise ConfigurationError(
@@ -314,6 +332,21 @@ class JWTBackend:
         self._encoder = json.JSONEncoder(
             ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=False
         )
+        if rotation_grace < 0:
+            raise ConfigurationError("rotation_grace must not be negative (0 disables it)")
+        self.rotation_grace = rotation_grace
+        self.max_session_age = seconds(max_session_age, "max_session_age")
+        self.clock = clock  # the middleware's: revocation times are compared with its now
+        self._revocation: Any = None
+        if revocation is not None:
+            try:
+                from asgi_sessions.backends.redis import RedisBackend
+            except ImportError as exc:  # pragma: no cover - the "redis" extra is missing
+                raise ConfigurationError(
+                    f"revocation needs the redis extra (pip install 'asgi-sessions[redis]'): {exc}"
+                ) from None
+            # Its client handling: timeouts, a bounded retry, errors as BackendUnavailable.
+            self._revocation = RedisBackend(revocation, prefix=revocation_prefix)
 
     # -- the SessionBackend protocol ------------------------------------------------
 
@@ -344,12 +377,15 @@ class JWTBackend:
                     self._signer.kid,
                 )
             self._remember(token, entry)
-            return entry.record()
-        if now > entry.exp_limit:
-            del self._cache[token]
+        else:
+            if now > entry.exp_limit:
+                del self._cache[token]
+                return None
+            if now < entry.nb_limit:
+                raise InvalidToken("token is not valid yet (iat or nbf in the future)")
+        if self._revocation is not None and await self._revoked(entry, now):
+            logger.info("session token %s was revoked", fingerprint(token))
             return None
-        if now < entry.nb_limit:
-            raise InvalidToken("token is not valid yet (iat or nbf in the future)")
         return entry.record()
 
     async def save(
@@ -363,6 +399,13 @@ class JWTBackend:
         rotate: bool,
     ) -> str:
         # The token carries everything, so the full data is written and delta unused.
+        if rotate and token is not None and self._revocation is not None:
+            try:
+                old = self._cache.get(token) or self._verify(token)
+            except InvalidToken:
+                old = None
+            if old is not None:
+                await self._deny(old, at=now + self.rotation_grace)
         if token is None or rotate or not record.session_id:
             record.session_id = secrets.token_urlsafe(16)
         raw = self.serializer.dumps(record.data).decode()
@@ -379,12 +422,70 @@ class JWTBackend:
         return self._issue(record, raw, now=now, ttl=ttl)
 
     async def delete(self, token: str, record: SessionRecord) -> None:
-        # No server state: the middleware expires the cookie, and a copy of the token
-        # stays valid until its exp (revoking it needs a deny list, not built yet).
-        return None
+        # Without a deny list there is no server state: the middleware expires the
+        # cookie, and a copy of the token stays valid until its exp.
+        if self._revocation is None:
+            return None
+        try:
+            entry = self._cache.get(token) or self._verify(token)
+        except InvalidToken:
+            return None
+        await self._deny(entry, at=None)
+
+    async def revoke_user(self, user_id: str, *, keep: str | None = None) -> None:
+        """End every session of ``user_id`` last rotated (logged in) before now,
+        except the one whose ID is ``keep``. Needs ``revocation``."""
+        revocation = self._revocation
+        if revocation is None:
+            raise ConfigurationError("revoke_user() needs JWTBackend(revocation=<Redis>)")
+        value = f"{self.clock()!r} {keep or ''}"
+        await revocation._run(
+            revocation.client.set(self._user_key(user_id), value, ex=self.max_session_age)
+        )
 
     async def aclose(self) -> None:
         self._cache.clear()
+        if self._revocation is not None:
+            await self._revocation.aclose()
+
+    # -- revocation --------------------------------------------------------------
+
+    def _user_key(self, user_id: str | None) -> str:
+        # The braces are a Cluster hash tag: a token's two entries share one slot, so
+        # a load reads both with one MGET.
+        tag = "-" if user_id is None else hashlib.sha256(user_id.encode()).hexdigest()[:32]
+        return f"{self._revocation.prefix}{{{tag}}}:u"
+
+    def _deny_key(self, entry: _Verified) -> str:
+        digest = hashlib.sha256(entry.sid.encode()).hexdigest()[:32]
+        return self._user_key(entry.user)[:-1] + "d:" + digest
+
+    async def _deny(self, entry: _Verified, *, at: float | None) -> None:
+        """Deny the token's session ID from ``at`` (now when None) until it expires."""
+        now = self.clock()
+        ttl = math.ceil(entry.exp_limit - now)
+        if ttl <= 0:
+            return
+        revocation = self._revocation
+        value = repr(now if at is None else at)
+        await revocation._run(revocation.client.set(self._deny_key(entry), value, ex=ttl))
+
+    async def _revoked(self, entry: _Verified, now: float) -> bool:
+        revocation = self._revocation
+        denied, user = await revocation._run(
+            revocation.client.mget(self._deny_key(entry), self._user_key(entry.user))
+        )
+        try:
+            if denied is not None and now >= float(denied):
+                return True
+            if user is not None and entry.user is not None:
+                not_before, _, keep = user.decode().partition(" ")
+                if entry.rotated < float(not_before) and entry.sid != keep:
+                    return True
+        except (ValueError, UnicodeDecodeError):
+            logger.warning("unreadable revocation entry for a session; treated as revoked")
+            return True
+        return False
 
     # -- internals -----------------------------------------------------------------
 
