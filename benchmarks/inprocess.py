@@ -121,6 +121,12 @@ REDIS_COMMAND_BARS: dict[str, tuple[int, int, str]] = {  # key -> (least, most, 
     "s3": (0, 2, "at most 2"),
     "s5": (1, 1, "exactly 1"),
 }
+# The hybrid bar: a read with a valid access token against the JWT backend's read of
+# the same round, and no Redis command at all where the access token answers.
+HYBRID_ROW = "ours-hybrid"
+HYBRID_RIVAL = "ours-jwt"
+HYBRID_RATIO_BAR = 1.2
+HYBRID_SILENT = ("s2", "s5")
 # Requests per cell in the untimed batch whose Redis commands are counted.
 COUNT_REQUESTS = 50
 # A Redis request costs 10 to 40 times a bare one, so a Redis row's sample times
@@ -808,6 +814,9 @@ def render(
     redis_lines, redis_hold = redis_bars(outcome, names, scenarios)
     lines += redis_lines
     all_hold &= redis_hold
+    hybrid_lines, hybrid_hold = hybrid_bars(outcome, names, scenarios)
+    lines += hybrid_lines
+    all_hold &= hybrid_hold
     lines.append("- not measured here: flat memory over a million requests")
 
     lines += ["", "Rows:", ""]
@@ -940,6 +949,51 @@ def redis_bars(
             f"{REDIS_ROW} {ours:.1f} µs vs {REDIS_RIVAL} {theirs:.1f} µs; {REDIS_ROW} was "
             f"faster in {100 * share:.0f}% of rounds (bar: faster than starsessions with "
             "its Redis store)"
+        )
+    return lines, all_hold
+
+
+def hybrid_bars(
+    outcome: Outcome, names: Sequence[str], scenarios: Sequence[Scenario]
+) -> tuple[list[str], bool]:
+    """The hybrid bar lines (issue 4): ours-hybrid's read with a valid access token
+    within 1.2x of ours-jwt's read of the same round, with zero Redis commands."""
+    if HYBRID_ROW not in names:
+        return [], True
+    grid = {(c.name, c.scenario.key): c for c in outcome.cells if c.name not in outcome.broken}
+    keys = {s.key for s in scenarios}
+    lines = []
+    all_hold = True
+    if "s2" in keys:
+        pairs = _paired(grid, HYBRID_ROW, HYBRID_RIVAL, "s2")
+        if not pairs:
+            lines.append(f"- NOT MEASURED: s2 {HYBRID_ROW} vs {HYBRID_RIVAL} (a row is missing)")
+        else:
+            ratios = [v / r for v, r in pairs]
+            ratio = statistics.median(ratios)
+            q1, _, q3 = _quartiles(ratios)
+            ok = ratio <= HYBRID_RATIO_BAR
+            all_hold &= ok
+            ours = statistics.median(grid[(HYBRID_ROW, "s2")].samples.values())
+            theirs = statistics.median(grid[(HYBRID_RIVAL, "s2")].samples.values())
+            lines.append(
+                f"- {'PASS' if ok else 'FAIL'}: s2 (cookie, read) {HYBRID_ROW} is {ratio:.2f}x "
+                f"{HYBRID_RIVAL} ({ours:.1f} vs {theirs:.1f} µs; quartiles {q1:.2f}-{q3:.2f}; "
+                f"bar: within {HYBRID_RATIO_BAR}x)"
+            )
+    for key in HYBRID_SILENT:
+        cell = grid.get((HYBRID_ROW, key))
+        if key not in keys or cell is None:
+            continue
+        if cell.commands is None:
+            lines.append(f"- NOT MEASURED: {key} {HYBRID_ROW} Redis commands per request")
+            continue
+        ok = cell.commands.round_trips == 0
+        all_hold &= ok
+        lines.append(
+            f"- {'PASS' if ok else 'FAIL'}: {key} {HYBRID_ROW} sends "
+            f"{cell.commands.round_trips_text} Redis commands per request with a valid "
+            "access token (bar: none)"
         )
     return lines, all_hold
 

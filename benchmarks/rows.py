@@ -349,6 +349,25 @@ async def _ours_redis(inner: ASGIApp) -> Row:
 
 
 @row(
+    "ours-hybrid",
+    "asgi_sessions.SessionMiddleware + HybridBackend(RedisBackend(url)) (HS256 access "
+    "tokens of 15 minutes; a valid access token is answered without Redis)",
+    redis=True,
+)
+async def _ours_hybrid(inner: ASGIApp) -> Row:
+    from asgi_sessions import SessionMiddleware
+
+    url = redis_url()
+    try:
+        from asgi_sessions.backends.hybrid import HybridBackend
+        from asgi_sessions.backends.redis import RedisBackend
+    except Exception as exc:
+        raise RowUnavailable(f"asgi_sessions.backends.hybrid does not import: {exc!r}") from exc
+    backend = HybridBackend(RedisBackend(url, prefix=REDIS_PREFIX + "hybrid:"), secret=SECRET)
+    return Row(SessionMiddleware(inner, backend=backend), redis_url=url, aclose=backend.aclose)
+
+
+@row(
     "starsessions-redis",
     "starsessions SessionMiddleware + autoload, RedisStore on a client made as "
     "RedisBackend(url) makes its own",
