@@ -337,3 +337,24 @@ async def test_redis_commands_per_request(private_redis: Any, clock: FakeClock) 
     finally:
         await store.aclose()
         await raw.aclose()
+
+
+async def test_redis_down_valid_access_tokens_still_served_refresh_fails_closed(
+    private_redis: Any, clock: FakeClock
+) -> None:
+    store = RedisBackend(private_redis.url, operation_timeout=1.0)
+    backend = hybrid(store, clock)
+    try:
+        client = client_for(backend, clock)
+        await client.get("/set?k=v")
+        private_redis.pause()  # SIGSTOP: it keeps its data, and answers nothing
+        # The access token answers on its own: Redis is not needed.
+        assert (await client.get("/read")).json() == {"k": "v"}
+        clock.advance(ACCESS + 1)
+        response = await client.get("/read")  # a refresh needs the store: 503, no traceback
+        assert response.status == 503
+        assert b"Traceback" not in response.body
+        private_redis.resume()
+        assert (await client.get("/read")).json() == {"k": "v"}  # recovered, no restart
+    finally:
+        await store.aclose()
