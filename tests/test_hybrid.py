@@ -358,3 +358,27 @@ async def test_redis_down_valid_access_tokens_still_served_refresh_fails_closed(
         assert (await client.get("/read")).json() == {"k": "v"}  # recovered, no restart
     finally:
         await store.aclose()
+
+
+async def test_a_failing_revalidate_fails_closed_and_a_failing_event_hook_is_ignored(
+    store: Any, clock: FakeClock
+) -> None:
+    state = {"down": True}
+
+    async def revalidate(user: str | None, data: Mapping[str, Any]) -> bool:
+        if state["down"]:
+            raise ConnectionError("users database unreachable")
+        return True
+
+    def on_event(name: str, details: Mapping[str, Any]) -> None:
+        raise RuntimeError("audit sink down")
+
+    backend = hybrid(store, clock, revalidate=revalidate, on_event=on_event)
+    client = client_for(backend, clock)
+    await client.get("/bind?user=ann")
+    clock.advance(ACCESS + 1)
+    response = await client.get("/read")
+    assert response.status == 503
+    assert b"users database" not in response.body
+    state["down"] = False
+    assert (await client.get("/read")).json() == {"user": "ann"}  # the session survived

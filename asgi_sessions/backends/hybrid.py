@@ -54,7 +54,12 @@ from asgi_sessions.backends._tokens import checked_id
 from asgi_sessions.backends.base import Delta, SessionInfo, SessionRecord
 from asgi_sessions.backends.jwt import _FAMILY, JWTBackend, JWTKey, _Verified
 from asgi_sessions.backends.memory import MemoryBackend
-from asgi_sessions.errors import ConfigurationError, InvalidToken, SessionGone
+from asgi_sessions.errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    InvalidToken,
+    SessionGone,
+)
 from asgi_sessions.policy import seconds
 from asgi_sessions.serializers import JSONSerializer, Serializer
 
@@ -441,9 +446,7 @@ class HybridBackend:
             return record
         if policy is not None and policy.is_expired(record, now):
             return None
-        if self.revalidate is not None and not await self.revalidate(
-            record.user_id, MappingProxyType(record.data)
-        ):
+        if self.revalidate is not None and not await self._revalidate(record):
             logger.info("session %s: refresh vetoed by revalidate(); ended", session_id[:12])
             await store.delete(refresh, record)
             self._mark_revoked(session_id)
@@ -468,6 +471,16 @@ class HybridBackend:
         record.reissue = True  # the middleware sends the new pair on this response
         self._event("refreshed", record)
         return record
+
+    async def _revalidate(self, record: SessionRecord) -> bool:
+        assert self.revalidate is not None
+        try:
+            return await self.revalidate(record.user_id, MappingProxyType(record.data)) is True
+        except Exception as exc:
+            # The app's check could not run (its database is down, say): like a store
+            # failure, the request fails closed (503) or, with fail_open, goes on
+            # without a session; the session itself is left alone.
+            raise BackendUnavailable(f"revalidate() raised {type(exc).__name__}") from exc
 
     def _prepare(
         self,
@@ -510,15 +523,10 @@ class HybridBackend:
         await self.store.revoke(current)
         await self._ledger.forget(family)
         self._mark_revoked(current)
-        if self.on_event is not None:
-            self.on_event(
-                "suspicious",
-                {
-                    "reason": "refresh token reuse",
-                    "session": session_id[:12],
-                    "revoked": current[:12],
-                },
-            )
+        self._emit(
+            "suspicious",
+            {"reason": "refresh token reuse", "session": session_id[:12], "revoked": current[:12]},
+        )
 
     def _mark_revoked(self, session_id: str) -> None:
         now = self.clock()
@@ -543,7 +551,12 @@ class HybridBackend:
         return False
 
     def _event(self, name: str, record: SessionRecord, **details: Any) -> None:
-        if self.on_event is not None:
-            self.on_event(
-                name, {"session": record.session_id[:12], "user": record.user_id, **details}
-            )
+        self._emit(name, {"session": record.session_id[:12], "user": record.user_id, **details})
+
+    def _emit(self, name: str, details: Mapping[str, Any]) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(name, details)
+        except Exception as exc:  # a failing hook must not fail the request
+            logger.warning("on_event(%r) raised %s; ignored", name, type(exc).__name__)
