@@ -4,7 +4,7 @@ runs and commits it when the response starts."""
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -18,6 +18,7 @@ from asgi_sessions.errors import (
     SessionGone,
     SessionTooLarge,
 )
+from asgi_sessions.events import Emitter, EventHook, EventName, SessionEvent, session_hash
 from asgi_sessions.policy import Action, ExpiryPolicy, decide, seconds
 from asgi_sessions.session import _UNSET, Session, empty_session
 
@@ -53,6 +54,11 @@ class SessionMiddleware:
     When the store fails, the request gets a generic 503 (``fail_open=False``, the
     default) or runs with an empty session that is not saved (``fail_open=True``).
 
+    ``on_event`` takes one hook or a list (see :mod:`asgi_sessions.events`; the
+    ready :func:`~asgi_sessions.events.log_events` writes one JSON line per event).
+    They also receive the events only the backend sees (revocations, refresh-token
+    reuse) when the backend was not given hooks of its own.
+
     Invalid settings raise :class:`ConfigurationError` here, at start-up.
     """
 
@@ -74,6 +80,7 @@ class SessionMiddleware:
         partitioned: bool = False,
         max_cookie_chunks: int = 4,
         fail_open: bool = False,
+        on_event: EventHook | Sequence[EventHook] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if backend is None:
@@ -113,6 +120,11 @@ class SessionMiddleware:
         self.clock = clock
         self._check = backend.serializer.check
         self._cookie_bytes = cookie_name.encode("latin-1")
+        self._events = Emitter(on_event)
+        # The events only a backend sees (revocations, refresh-token reuse) go to the
+        # same hooks, unless the backend was given its own.
+        if self._events and getattr(backend, "events", True) is not True and not backend.events:  # type: ignore[attr-defined]
+            backend.events = self._events  # type: ignore[attr-defined]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -154,6 +166,8 @@ class SessionMiddleware:
         if token is None:
             if read.problem is not None:
                 logger.warning("session cookie rejected: %s", read.problem)
+                if self._events:
+                    await self._emit("suspicious", scope, reason=read.problem)
             session = empty_session(self._check, self.policy)
         else:
             now = self.clock()
@@ -275,13 +289,43 @@ class SessionMiddleware:
             )
         except InvalidToken as exc:
             logger.warning("session token %s rejected: %s", fingerprint(token), exc)
+            if self._events:
+                await self._emit(
+                    "suspicious", scope, session=fingerprint(token), reason=f"rejected: {exc}"
+                )
             return None
         if record is None:
             logger.info("session token %s is unknown or expired", fingerprint(token))
+            if self._events:
+                await self._emit(
+                    "suspicious",
+                    scope,
+                    session=fingerprint(token),
+                    reason="unknown or expired session",
+                )
         elif self.policy.is_expired(record, now):
             logger.info("session %s expired", fingerprint(token))
+            if self._events:
+                await self._emit("expired", scope, record=record)
             return None
         return record
+
+    async def _emit(
+        self,
+        name: EventName,
+        scope: Scope,
+        *,
+        record: SessionRecord | None = None,
+        session: str | None = None,
+        **details: Any,
+    ) -> None:
+        ip, user_agent = _client(scope)
+        if record is not None:
+            session = session_hash(record.session_id)
+            details.setdefault("user_id", record.user_id)
+        await self._events.emit(
+            SessionEvent(name, session=session, ip=ip, user_agent=user_agent, **details)
+        )
 
     async def _commit(
         self,
@@ -318,6 +362,8 @@ class SessionMiddleware:
             if record is not None and record.refreshed and token is not None:
                 # The load already extended the expiry; slide the cookie's Max-Age.
                 record.refreshed = False
+                if self._events:
+                    await self._emit("refreshed", scope, record=record)
                 if not record.browser_session:
                     self._set_cookies(
                         headers,
@@ -333,8 +379,14 @@ class SessionMiddleware:
                     fingerprint(token or ""),
                 )
             return token
+        before = None if record is None else record.session_id
+        before_user = None if record is None else record.user_id
         try:
             value = await self._apply(action, session, token, now, scope, rotate=rotate)
+            if self._events:
+                await self._emit_commit(
+                    action, session, token, before, before_user, scope, rotate=rotate
+                )
         except SessionGone:
             logger.info(
                 "session %s was ended during the request; not re-created", fingerprint(token or "")
@@ -361,6 +413,31 @@ class SessionMiddleware:
                 raise SessionTooLarge(f"the session does not fit in cookies: {exc}") from None
             self._set_cookies(headers, cookies)
         return value
+
+    async def _emit_commit(
+        self,
+        action: Action,
+        session: Session,
+        token: str | None,
+        before: str | None,
+        before_user: str | None,
+        scope: Scope,
+        *,
+        rotate: bool,
+    ) -> None:
+        record = session._record
+        if action is Action.DELETE:
+            await self._emit(
+                "invalidated", scope, session=session_hash(before), user_id=before_user
+            )
+        elif record is None:
+            return
+        elif action is Action.TOUCH:
+            await self._emit("refreshed", scope, record=record)
+        elif token is None:
+            await self._emit("created", scope, record=record)
+        elif rotate:
+            await self._emit("rotated", scope, record=record, previous=session_hash(before))
 
     async def _apply(
         self,

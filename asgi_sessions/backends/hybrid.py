@@ -60,6 +60,7 @@ from asgi_sessions.errors import (
     InvalidToken,
     SessionGone,
 )
+from asgi_sessions.events import Emitter, EventHook, EventName, SessionEvent, session_hash
 from asgi_sessions.policy import seconds
 from asgi_sessions.serializers import JSONSerializer, Serializer
 
@@ -76,8 +77,6 @@ Revalidate = Callable[[str | None, Mapping[str, Any]], Awaitable[bool]]
 """``revalidate(user_id, data) -> bool``: called on every refresh (never on a request
 with a valid access token); False ends the session (user deleted, disabled, or
 their password changed)."""
-
-EventHook = Callable[[str, Mapping[str, Any]], None]
 
 
 class _Store(Protocol):
@@ -245,9 +244,10 @@ class HybridBackend:
     lifetime and so the longest a revocation can take to reach other processes
     unless ``check_revocation`` is on. ``refresh_margin`` seconds before it expires,
     the next request refreshes. ``revalidate`` (see :data:`Revalidate`) can veto a
-    refresh. ``on_event(name, details)`` is called with ``"refreshed"``,
-    ``"revoked"`` (a veto) and ``"suspicious"`` (refresh-token reuse); details hold
-    the session ID's first 12 hex digits (never a token) and the user ID.
+    refresh. ``on_event`` hooks (see :mod:`asgi_sessions.events`) get ``refreshed``
+    (a refresh-token rotation), ``revoked`` (a veto, a reuse) and ``suspicious``
+    (refresh-token reuse), besides the middleware's own events; the middleware's
+    hooks are used when none are given here.
 
     A write goes to the store as a delta and re-issues the access token with the
     request's copy of the data; a concurrent write by another request reaches the
@@ -265,7 +265,7 @@ class HybridBackend:
         refresh_margin: int | timedelta = 10,
         check_revocation: bool = False,
         revalidate: Revalidate | None = None,
-        on_event: EventHook | None = None,
+        on_event: EventHook | Sequence[EventHook] | None = None,
         audience: str = "asgi-sessions-access",
         issuer: str | None = None,
         leeway: int | timedelta = 30,
@@ -306,7 +306,8 @@ class HybridBackend:
         store.on_evict = self._mark_revoked
         self.check_revocation = check_revocation
         self.revalidate = revalidate
-        self.on_event = on_event
+        self._events = Emitter(None)
+        self.events = Emitter(on_event)
         self.clock = clock
         # What this process revoked (session ID -> until when its access tokens may
         # still be presented), so they stop here at once.
@@ -437,7 +438,7 @@ class HybridBackend:
         store = self.store
         record = await store.load(refresh, now=now)
         if record is None:
-            await self._check_reuse(session_id, now)
+            await self._check_reuse(session_id, ip, user_agent)
             return None
         if record.read_only:
             # A parallel request of this browser rotated the pair a moment ago: serve
@@ -450,7 +451,7 @@ class HybridBackend:
             logger.info("session %s: refresh vetoed by revalidate(); ended", session_id[:12])
             await store.delete(refresh, record)
             self._mark_revoked(session_id)
-            self._event("revoked", record, reason="revalidate() vetoed the refresh")
+            await self._event("revoked", record, ip, user_agent, "revalidate() vetoed the refresh")
             return None
         ttl = self._prepare(record, policy, now, ip, user_agent)
         try:
@@ -469,8 +470,19 @@ class HybridBackend:
         record.extra[_FAMILY] = family
         record.extra[_ROTATED] = True
         record.reissue = True  # the middleware sends the new pair on this response
-        self._event("refreshed", record)
+        await self._event("refreshed", record, ip, user_agent, "refresh token rotated")
         return record
+
+    @property
+    def events(self) -> Emitter:
+        return self._events
+
+    @events.setter
+    def events(self, value: Emitter) -> None:
+        # The store's revocations are this backend's events too.
+        self._events = value
+        if not self.store.events:  # type: ignore[attr-defined]
+            self.store.events = value  # type: ignore[attr-defined]
 
     async def _revalidate(self, record: SessionRecord) -> bool:
         assert self.revalidate is not None
@@ -510,7 +522,7 @@ class HybridBackend:
         until = record.absolute_expiry or now + 366 * 86400
         return max(1, math.ceil(until - now))
 
-    async def _check_reuse(self, session_id: str, now: float) -> None:
+    async def _check_reuse(self, session_id: str, ip: str | None, user_agent: str | None) -> None:
         family = await self._ledger.family_of_spent(session_id)
         if family is None:
             return  # unknown, expired or revoked: just anonymous
@@ -520,13 +532,19 @@ class HybridBackend:
             session_id[:12],
             family[:12],
         )
-        await self.store.revoke(current)
+        await self.store.revoke(current)  # emits "revoked" for the family's session
         await self._ledger.forget(family)
         self._mark_revoked(current)
-        self._emit(
-            "suspicious",
-            {"reason": "refresh token reuse", "session": session_id[:12], "revoked": current[:12]},
-        )
+        if self._events:
+            await self._events.emit(
+                SessionEvent(
+                    "suspicious",
+                    session_hash(session_id),
+                    ip=ip,
+                    user_agent=user_agent,
+                    reason="refresh token reuse: the session family was revoked",
+                )
+            )
 
     def _mark_revoked(self, session_id: str) -> None:
         now = self.clock()
@@ -550,13 +568,17 @@ class HybridBackend:
         del revoked[session_id]
         return False
 
-    def _event(self, name: str, record: SessionRecord, **details: Any) -> None:
-        self._emit(name, {"session": record.session_id[:12], "user": record.user_id, **details})
-
-    def _emit(self, name: str, details: Mapping[str, Any]) -> None:
-        if self.on_event is None:
-            return
-        try:
-            self.on_event(name, details)
-        except Exception as exc:  # a failing hook must not fail the request
-            logger.warning("on_event(%r) raised %s; ignored", name, type(exc).__name__)
+    async def _event(
+        self,
+        name: EventName,
+        record: SessionRecord,
+        ip: str | None,
+        user_agent: str | None,
+        reason: str | None = None,
+    ) -> None:
+        if self._events:
+            await self._events.emit(
+                SessionEvent(
+                    name, session_hash(record.session_id), record.user_id, ip, user_agent, reason
+                )
+            )

@@ -12,6 +12,7 @@ from asgi_sessions._log import logger
 from asgi_sessions.backends._tokens import checked_id, new_token, token_id
 from asgi_sessions.backends.base import Delta, SessionInfo, SessionRecord
 from asgi_sessions.errors import ConfigurationError, SerializationError, SessionGone
+from asgi_sessions.events import Emitter, SessionEvent, session_hash
 from asgi_sessions.serializers import JSONSerializer, Serializer
 
 if TYPE_CHECKING:
@@ -74,6 +75,10 @@ class MemoryBackend:
         # Called with the ID of each session ended by max_sessions_per_user (the
         # hybrid backend stops their access tokens with it).
         self.on_evict: Callable[[str], None] | None = None
+        # Hooks for the events only the store sees (revoked); the middleware installs
+        # its own here when this has none.
+        self.events = Emitter(None)
+        self._evicted: list[tuple[str, str]] = []  # to report once the save is done
 
     def __len__(self) -> int:
         """Records held, including expired ones not yet swept and grace aliases."""
@@ -133,6 +138,7 @@ class MemoryBackend:
             blob = self.serializer.dumps(delta.updates)
             new = self._create(record, blob, now, ttl)
             self._index(record, now)
+            await self._report_evicted()
             return new
         key = token_id(token)
         entry = self._live(key, now)
@@ -153,6 +159,7 @@ class MemoryBackend:
             if record.user_id != previous_user:
                 self._unindex(previous_user, key)
                 self._index(record, now)
+                await self._report_evicted()
             return token
         new = self._create(record, blob, now, ttl)
         if self.rotation_grace:
@@ -164,6 +171,7 @@ class MemoryBackend:
         else:
             self._drop(key)
         self._index(record, now)
+        await self._report_evicted()
         return new
 
     async def touch(self, token: str, record: SessionRecord, *, now: float, ttl: int) -> str | None:
@@ -215,6 +223,10 @@ class MemoryBackend:
         entry = self._entries.get(session_id)
         if entry is None or entry.alias_of is not None:
             return False
+        if self.events:
+            await self.events.emit(
+                SessionEvent("revoked", session_hash(session_id), entry.meta.user_id)
+            )
         user = entry.meta.user_id
         if user is not None:
             for key in list(self._users.get(user, ())):
@@ -238,6 +250,8 @@ class MemoryBackend:
                 continue
             ended += key in live
             self._drop(key)
+            if key in live and self.events:
+                await self.events.emit(SessionEvent("revoked", session_hash(key), user_id))
         return ended
 
     # -- internals -----------------------------------------------------------------
@@ -265,6 +279,16 @@ class MemoryBackend:
         live.sort(key=lambda item: item[1].meta.created_at)
         return live
 
+    async def _report_evicted(self) -> None:
+        evicted, self._evicted = self._evicted, []
+        if self.events:
+            for key, user in evicted:
+                await self.events.emit(
+                    SessionEvent(
+                        "revoked", session_hash(key), user, reason="session limit per user"
+                    )
+                )
+
     def _index(self, record: SessionRecord, now: float) -> None:
         user = record.user_id
         if user is None:
@@ -278,6 +302,7 @@ class MemoryBackend:
                 self._drop(key)
                 if self.on_evict is not None:
                     self.on_evict(key)
+                self._evicted.append((key, user))
 
     def _unindex(self, user: str | None, key: str) -> None:
         if user is not None and user in self._users:

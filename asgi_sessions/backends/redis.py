@@ -66,6 +66,7 @@ from asgi_sessions.errors import (
     SerializationError,
     SessionGone,
 )
+from asgi_sessions.events import Emitter, SessionEvent, session_hash
 from asgi_sessions.msgpack_serializer import MsgpackSerializer
 
 if TYPE_CHECKING:
@@ -469,6 +470,9 @@ class RedisBackend:
         # Called with the ID of each session ended by max_sessions_per_user (the
         # hybrid backend stops their access tokens with it).
         self.on_evict: Callable[[str], None] | None = None
+        # Hooks for the events only the store sees (revoked); the middleware installs
+        # its own here when this has none.
+        self.events = Emitter(None)
 
     # -- keys ----------------------------------------------------------------------
 
@@ -783,6 +787,15 @@ class RedisBackend:
                 logger.info("user's session limit reached: ended session %s", session_id[:12])
                 if self.on_evict is not None:
                     self.on_evict(session_id)
+                if self.events:
+                    await self.events.emit(
+                        SessionEvent(
+                            "revoked",
+                            session_hash(session_id),
+                            user_id,
+                            reason="session limit per user",
+                        )
+                    )
             await self._run(asyncio.gather(*(self.client.delete(self._key(i)) for i, _ in evicted)))
             dead += [i for i, _ in evicted]
         if dead:
@@ -835,6 +848,8 @@ class RedisBackend:
         )
         if owner is not None:
             await self._run(self.client.zrem(self._user_key(owner), *doomed))
+        if deleted[0] and self.events:
+            await self.events.emit(SessionEvent("revoked", session_hash(session_id), owner))
         return bool(deleted[0])
 
     async def revoke_user(self, user_id: str, *, keep: str | None = None) -> int:
@@ -851,4 +866,10 @@ class RedisBackend:
         if doomed:
             await self._run(asyncio.gather(*(self.client.delete(self._key(i)) for i in doomed)))
             await self._run(self.client.zrem(self._user_key(user_id), *doomed))
+            if self.events:
+                for session_id, state in zip(members, states, strict=True):
+                    if session_id in doomed and state is not None and state.alias_of is None:
+                        await self.events.emit(
+                            SessionEvent("revoked", session_hash(session_id), user_id)
+                        )
         return ended
