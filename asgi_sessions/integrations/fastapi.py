@@ -24,14 +24,23 @@ can be mixed freely. Requires FastAPI (``pip install asgi-sessions[fastapi]``).
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
-from fastapi import Depends
+from fastapi import Depends, HTTPException, Security, WebSocketException
+from fastapi.security import APIKeyCookie
 from starlette.requests import HTTPConnection
 
 from asgi_sessions.session import Session
 
-__all__ = ["SessionDep", "get_session"]
+__all__ = [
+    "SessionAuth",
+    "SessionDep",
+    "UserDep",
+    "get_session",
+    "require_roles",
+    "require_user",
+]
 
 _NOT_INSTALLED = (
     "asgi_sessions.SessionMiddleware is not installed: no session in the ASGI scope. "
@@ -71,3 +80,69 @@ def get_session(connection: HTTPConnection) -> Session:
 SessionDep = Annotated[Session, Depends(get_session)]
 """The current :class:`~asgi_sessions.Session`, as a FastAPI parameter annotation:
 ``async def route(session: SessionDep) -> ...``. See :func:`get_session`."""
+
+
+class SessionAuth:
+    """Login and role checks as FastAPI dependencies, for HTTP and WebSocket routes.
+
+    ``user`` is a dependency that returns the bound user ID (``session.bind_user``)
+    or refuses: ``401`` with ``{"detail": "Not authenticated"}`` on HTTP, a close with
+    code 1008 before accepting on a WebSocket. ``roles(*names)`` returns a
+    dependency that also requires every name in ``session[roles_key]`` (a list the
+    app stores at login): ``403`` (or 1008) otherwise. Both declare the session
+    cookie as an ``apiKey``-in-cookie security scheme, so OpenAPI shows which routes
+    need it. Use one instance per cookie name.
+    """
+
+    def __init__(self, cookie_name: str = "session", *, roles_key: str = "roles") -> None:
+        self.roles_key = roles_key
+        self.scheme = APIKeyCookie(
+            name=cookie_name,
+            scheme_name="SessionCookie",
+            description="The asgi-sessions session cookie, set by logging in.",
+            auto_error=False,
+        )
+        scheme = self.scheme
+
+        # Defaults, not Annotated[...]: under ``from __future__ import annotations``
+        # FastAPI could not resolve a local name inside a string annotation.
+        def user(connection: HTTPConnection, _cookie: str | None = Security(scheme)) -> str:
+            user_id = get_session(connection).user_id
+            if user_id is None:
+                _refuse(connection, 401, "Not authenticated")
+            assert user_id is not None
+            return user_id
+
+        self.user = user
+
+    def roles(self, *names: str) -> Any:
+        """A dependency requiring a logged-in user holding every role in ``names``;
+        use as ``dependencies=[auth.roles("admin")]`` or ``user: str = auth.roles(...)``."""
+        wanted = frozenset(names)
+        key = self.roles_key
+        user_dependency: Callable[..., str] = self.user
+
+        def check(connection: HTTPConnection, user: str = Depends(user_dependency)) -> str:
+            granted = get_session(connection).get(key)
+            if not isinstance(granted, list | tuple | set | frozenset) or not wanted <= set(
+                granted
+            ):
+                _refuse(connection, 403, "Not allowed")
+            return user
+
+        return Depends(check)
+
+
+def _refuse(connection: HTTPConnection, status: int, detail: str) -> None:
+    if connection.scope["type"] == "websocket":
+        raise WebSocketException(code=1008, reason=detail)
+    raise HTTPException(status, detail=detail, headers={"Cache-Control": "no-store"})
+
+
+_default = SessionAuth()
+require_user = _default.user
+"""The default :class:`SessionAuth` (cookie ``session``)'s user dependency."""
+require_roles = _default.roles
+"""The default :class:`SessionAuth`'s role check: ``Depends``-ready."""
+UserDep = Annotated[str, Depends(require_user)]
+"""The logged-in user's ID as a parameter annotation; 401 (or a 1008 close) without one."""
