@@ -59,6 +59,9 @@ class SessionMiddleware:
     They also receive the events only the backend sees (revocations, refresh-token
     reuse) when the backend was not given hooks of its own.
 
+    ``session_class`` (a :class:`Session` subclass) is what ``scope["session"]``
+    holds: the Quart integration uses one that is also Flask's ``SessionMixin``.
+
     Invalid settings raise :class:`ConfigurationError` here, at start-up.
     """
 
@@ -81,6 +84,7 @@ class SessionMiddleware:
         max_cookie_chunks: int = 4,
         fail_open: bool = False,
         on_event: EventHook | Sequence[EventHook] | None = None,
+        session_class: type[Session] = Session,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if backend is None:
@@ -121,6 +125,9 @@ class SessionMiddleware:
         self._check = backend.serializer.check
         self._cookie_bytes = cookie_name.encode("latin-1")
         self._events = Emitter(on_event)
+        if not (isinstance(session_class, type) and issubclass(session_class, Session)):
+            raise ConfigurationError("session_class must be asgi_sessions.Session or a subclass")
+        self._session_class = session_class
         # The events only a backend sees (revocations, refresh-token reuse) go to the
         # same hooks, unless the backend was given its own.
         if self._events and getattr(backend, "events", True) is not True and not backend.events:  # type: ignore[attr-defined]
@@ -139,7 +146,9 @@ class SessionMiddleware:
                 # The anonymous request, kept lean (DESIGN §6 allows it 20% over the
                 # bare app): a new empty session, no clock, no backend, no cookie
                 # parsing, and no coroutine of ours unless the app touches the session.
-                session = scope["session"] = empty_session(self._check, self.policy)
+                session = scope["session"] = empty_session(
+                    self._check, self.policy, self._session_class
+                )
 
                 def send_new(message: Message) -> Awaitable[None]:
                     if session.accessed and message["type"] == "http.response.start":
@@ -168,7 +177,7 @@ class SessionMiddleware:
                 logger.warning("session cookie rejected: %s", read.problem)
                 if self._events:
                     await self._emit("suspicious", scope, reason=read.problem)
-            session = empty_session(self._check, self.policy)
+            session = empty_session(self._check, self.policy, self._session_class)
         else:
             now = self.clock()
             try:
@@ -179,14 +188,14 @@ class SessionMiddleware:
                     await _unavailable(scope, send)
                     return
                 logger.warning("session store unavailable, continuing without a session: %s", exc)
-                scope["session"] = empty_session(self._check, self.policy)
+                scope["session"] = empty_session(self._check, self.policy, self._session_class)
                 await self.app(scope, receive, _discard_session(scope, send))
                 return
             if record is None:
                 token = None
-                session = empty_session(self._check, self.policy)
+                session = empty_session(self._check, self.policy, self._session_class)
             else:
-                session = Session(
+                session = self._session_class(
                     record.data, record=record, check=self._check, policy=self.policy, now=now
                 )
                 policy = self.policy

@@ -320,10 +320,12 @@ class Session(dict[str, Any]):
 _new = dict.__new__
 
 
-def empty_session(check: _Check | None, policy: ExpiryPolicy | None) -> Session:
-    """A new, empty :class:`Session`: what ``Session(check=..., policy=...)`` builds,
-    without the keyword-argument call (it runs on every anonymous request)."""
-    session: Session = _new(Session)
+def empty_session(
+    check: _Check | None, policy: ExpiryPolicy | None, cls: type[Session] = Session
+) -> Session:
+    """A new, empty :class:`Session` (or ``cls``): what ``cls(check=..., policy=...)``
+    builds, without the keyword-argument call (it runs on every anonymous request)."""
+    session: Session = _new(cls)
     session._check = check
     session._policy = policy
     return session
