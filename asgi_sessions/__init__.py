@@ -25,6 +25,7 @@ from asgi_sessions.errors import (
     SerializationError,
     SessionError,
     SessionGone,
+    SessionRevoked,
     SessionTooLarge,
 )
 from asgi_sessions.middleware import SessionMiddleware
@@ -61,6 +62,7 @@ __all__ = [
     "SessionBackend",
     "SessionError",
     "SessionGone",
+    "SessionRevoked",
     "SessionInfo",
     "SessionMiddleware",
     "SessionRecord",

@@ -66,3 +66,9 @@ class BackendError(SessionError):
 
 class BackendUnavailable(BackendError):
     """The session store could not be reached within its timeout."""
+
+
+class SessionRevoked(SessionError):
+    """Raised by any access to a WebSocket's session once the middleware has seen
+    that the session was ended elsewhere (logout, revoke) while the socket was open:
+    the socket must not go on acting on stale data. Catch it to close gracefully."""

@@ -3,6 +3,7 @@ runs and commits it when the response starts."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from datetime import timedelta
@@ -20,7 +21,7 @@ from asgi_sessions.errors import (
 )
 from asgi_sessions.events import Emitter, EventHook, EventName, SessionEvent, session_hash
 from asgi_sessions.policy import Action, ExpiryPolicy, decide, seconds
-from asgi_sessions.session import _UNSET, Session, empty_session
+from asgi_sessions.session import _UNSET, Session, empty_session, mark_revoked
 
 __all__ = ["SessionMiddleware"]
 
@@ -59,6 +60,12 @@ class SessionMiddleware:
     They also receive the events only the backend sees (revocations, refresh-token
     reuse) when the backend was not given hooks of its own.
 
+    A WebSocket keeps the session it opened with. When the backend can tell whether
+    a session still exists (server-side and hybrid backends), it is checked every
+    ``websocket_check_interval`` seconds while the socket is open; once it is gone
+    (logout or revoke elsewhere), any access to the socket's session raises
+    :class:`SessionRevoked`. ``None`` disables the check.
+
     ``session_class`` (a :class:`Session` subclass) is what ``scope["session"]``
     holds: the Quart integration uses one that is also Flask's ``SessionMixin``.
 
@@ -85,6 +92,7 @@ class SessionMiddleware:
         fail_open: bool = False,
         on_event: EventHook | Sequence[EventHook] | None = None,
         session_class: type[Session] = Session,
+        websocket_check_interval: float | None = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if backend is None:
@@ -128,6 +136,9 @@ class SessionMiddleware:
         if not (isinstance(session_class, type) and issubclass(session_class, Session)):
             raise ConfigurationError("session_class must be asgi_sessions.Session or a subclass")
         self._session_class = session_class
+        if websocket_check_interval is not None and not websocket_check_interval > 0:
+            raise ConfigurationError("websocket_check_interval must be positive, or None")
+        self.websocket_check_interval = websocket_check_interval
         # The events only a backend sees (revocations, refresh-token reuse) go to the
         # same hooks, unless the backend was given its own.
         if self._events and getattr(backend, "events", True) is not True and not backend.events:  # type: ignore[attr-defined]
@@ -247,6 +258,13 @@ class SessionMiddleware:
                 disconnected = True
             return message
 
+        watcher = None
+        record = session._record
+        exists = getattr(self.backend, "exists", None)
+        if record is not None and self.websocket_check_interval and exists is not None:
+            watcher = asyncio.ensure_future(
+                self._watch(session, record.session_id, exists, self.websocket_check_interval)
+            )
         try:
             await self.app(scope, receive_wrapper, send_wrapper)
         except Exception:
@@ -255,8 +273,33 @@ class SessionMiddleware:
             if disconnected and not session._replaced:
                 await self._commit_after_socket(session, token, scope)
             raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
         if not session._replaced:
             await self._commit_after_socket(session, token, scope)
+
+    async def _watch(
+        self,
+        session: Session,
+        session_id: str,
+        exists: Callable[[str], Awaitable[bool]],
+        interval: float,
+    ) -> None:
+        """While a WebSocket is open, check now and then that its session still
+        exists; once it does not, every access to the session raises
+        :class:`SessionRevoked` (the socket must not act on stale data)."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                alive = await exists(session_id)
+            except BackendError as exc:
+                logger.warning("could not check a WebSocket's session: %s", exc)
+                continue
+            if not alive:
+                logger.info("session %s ended while its WebSocket was open", session_id[:12])
+                mark_revoked(session)
+                return
 
     async def _commit_new(
         self, message: Message, session: Session, scope: Scope, send: Send

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from asgi_sessions.errors import SerializationError
+from asgi_sessions.errors import SerializationError, SessionRevoked
 
 if TYPE_CHECKING:
     from asgi_sessions.backends.base import SessionRecord
@@ -329,3 +329,32 @@ def empty_session(
     session._check = check
     session._policy = policy
     return session
+
+
+class _Revoked:
+    """Put before a session's class once it is known to be revoked: every access
+    raises :class:`SessionRevoked`. Swapping the class keeps the ordinary accessors
+    free of a check on every request."""
+
+    def _revoked(self, *args: Any, **kwargs: Any) -> Any:
+        raise SessionRevoked(
+            "this session was ended (logged out or revoked) while the WebSocket was open"
+        )
+
+    __getitem__ = get = __contains__ = __iter__ = __len__ = _revoked
+    keys = values = items = copy = _revoked
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _revoked
+
+
+_revoked_classes: dict[type[Session], type[Session]] = {}
+
+
+def mark_revoked(session: Session) -> None:
+    """Make every further access to ``session`` raise :class:`SessionRevoked`."""
+    cls = type(session)
+    if issubclass(cls, _Revoked):
+        return
+    revoked = _revoked_classes.get(cls)
+    if revoked is None:
+        revoked = _revoked_classes[cls] = type(f"Revoked{cls.__name__}", (_Revoked, cls), {})
+    session.__class__ = revoked

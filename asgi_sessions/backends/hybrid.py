@@ -394,6 +394,10 @@ class HybridBackend:
         await self._tokens.aclose()
         await self.store.aclose()
 
+    async def exists(self, session_id: str) -> bool:
+        """Whether the session is live in the store (WebSockets check this)."""
+        return await self.store.exists(session_id)
+
     # -- per-user operations (the store's, and this process stops the access tokens) ---
 
     async def list_sessions(self, user_id: str, *, current: str | None = None) -> list[SessionInfo]:
