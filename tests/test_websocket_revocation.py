@@ -22,6 +22,7 @@ async def socket_after_revocation(backend: Any, interval: float | None) -> list[
     await http.get("/bind?user=ann")
     cookie = f"session={http.jar['session']}".encode()
     revoked = asyncio.Event()
+    opened = asyncio.Event()
     seen: list[Any] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -29,6 +30,7 @@ async def socket_after_revocation(backend: Any, interval: float | None) -> list[
         await receive()  # websocket.connect
         await send({"type": "websocket.accept"})
         seen.append(session.get("user"))
+        opened.set()
         await revoked.wait()
         await asyncio.sleep(0.3)
         try:
@@ -59,8 +61,7 @@ async def socket_after_revocation(backend: Any, interval: float | None) -> list[
         "client": ("127.0.0.1", 1),
     }
     task = asyncio.ensure_future(middleware(scope, receive, send))
-    while not seen:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(opened.wait(), 5)
     assert await backend.revoke_user("ann") == 1
     revoked.set()
     await asyncio.wait_for(task, 5)
