@@ -5,10 +5,17 @@ Run it from a checkout::
     pip install -e ".[demo]"
     python examples/demo.py          # http://127.0.0.1:8000 (PORT=8001 to change)
 
-Sessions live in the embedded MemoryBackend (one process, lost on restart). The
+Sessions live in the embedded MemoryBackend (one process, lost on restart), or in
+Redis when ``REDIS_URL`` is set (``REDIS_URL=redis://127.0.0.1:6379/0``). The
 cookie is ``Secure`` only with ``DEMO_HTTPS=1`` (behind a TLS proxy), so that the
 demo works over plain http://127.0.0.1 in a browser. Timeouts are short so the
 expiry is visible: 15 minutes idle, 1 hour absolute.
+
+Pages: the login form (``/``), the dashboard (``/dashboard``: the session and a
+countdown to its idle deadline), the devices page (``/devices``: this user's
+sessions, a revoke button for each other one and "log out all other devices"),
+and the session API under ``/auth`` (``asgi_sessions.endpoints``), which the
+devices page's buttons call.
 
 Only Starlette and uvicorn are needed: the HTML is built by hand (every value
 from the user or the session is escaped with ``html.escape``) and the login form
@@ -25,14 +32,16 @@ import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from asgi_sessions import MemoryBackend, Session, SessionMiddleware
+from asgi_sessions.endpoints import SessionEndpoints
 
 IDLE_TIMEOUT = 15 * 60  # seconds without a request before the session ends
 ABSOLUTE_TIMEOUT = 60 * 60  # hard cap from login, whatever the activity
@@ -46,6 +55,8 @@ dd { margin-left: 0; font-family: ui-monospace, monospace; overflow-wrap: anywhe
 .error { color: #b00020; }
 #countdown { font-size: 1.6rem; font-variant-numeric: tabular-nums; }
 button, input { font-size: 1rem; padding: .3rem .6rem; }
+table { border-collapse: collapse; width: 100%; }
+td, th { text-align: left; padding: .3rem .5rem; border-bottom: 1px solid #ddd; font-size: .9rem; }
 """
 
 
@@ -90,13 +101,28 @@ def _login_form(error: str = "", name: str = "") -> str:
     )
 
 
+def _backend(clock: Callable[[], float]) -> Any:
+    url = os.environ.get("REDIS_URL")
+    if url:
+        from asgi_sessions import RedisBackend
+
+        return RedisBackend(url, prefix="asgi_sessions_demo:", clock=clock)
+    return MemoryBackend(clock=clock)
+
+
 def create_app(
-    *, https_only: bool | None = None, clock: Callable[[], float] = time.time
+    *,
+    https_only: bool | None = None,
+    clock: Callable[[], float] = time.time,
+    backend: Any = None,
 ) -> SessionMiddleware:
     """Build the demo app. ``https_only`` defaults to the ``DEMO_HTTPS`` env var;
-    ``clock`` is injectable so tests can move time."""
+    ``clock`` is injectable so tests can move time; ``backend`` defaults to Redis
+    when ``REDIS_URL`` is set, else the embedded MemoryBackend."""
     if https_only is None:
         https_only = os.environ.get("DEMO_HTTPS") == "1"
+    if backend is None:
+        backend = _backend(clock)
 
     async def index(request: Request) -> Response:
         if _session(request).get("user") is not None:
@@ -114,6 +140,7 @@ def create_app(
         # fixation) is worthless afterwards.
         session.rotate()
         session.clear()
+        session.bind_user(name)  # the per-user index: the devices page lists it
         session["user"] = name
         session["login_at"] = clock()
         session["views"] = 0
@@ -158,6 +185,7 @@ slides its idle deadline.</p>
   <dt><code>absolute_expires_at</code> (activity never moves it)</dt>
   <dd>{_iso(absolute)}</dd>
 </dl>
+<p><a href="/devices" id="devices-link">Your devices</a></p>
 <form method="post" action="/logout">
   <input type="hidden" name="csrf" value="{csrf}">
   <button>Log out</button>
@@ -181,6 +209,51 @@ slides its idle deadline.</p>
 """
         return _page("Dashboard", body)
 
+    async def devices(request: Request) -> Response:
+        session = _session(request)
+        user = session.user_id
+        if user is None:
+            return RedirectResponse("/", status_code=303)
+        rows = []
+        for info in await backend.list_sessions(user, current=session.id):
+            if info.current:
+                action = "<strong>this device</strong>"
+            else:
+                action = (
+                    f'<button class="revoke" data-id="{html.escape(info.session_id)}">'
+                    "Revoke</button>"
+                )
+            rows.append(
+                "<tr>"
+                f"<td>{html.escape(info.user_agent or '-')}</td>"
+                f"<td>{html.escape(info.ip or '-')}</td>"
+                f"<td>{_iso(info.created_at)}</td>"
+                f"<td>{_iso(info.last_seen)}</td>"
+                f"<td>{action}</td>"
+                "</tr>"
+            )
+        body = f"""
+<h1>Your devices</h1>
+<p>Every session of <strong>{html.escape(user)}</strong> that is still alive.</p>
+<table id="devices">
+  <tr><th>Browser</th><th>IP</th><th>Logged in</th><th>Last seen</th><th></th></tr>
+  {"".join(rows)}
+</table>
+<p><button id="revoke-others">Log out all other devices</button></p>
+<p><a href="/dashboard">Back to the dashboard</a></p>
+<script>
+  // The session API refuses cross-site POSTs; a fetch from this page is same-origin.
+  const post = (url) => fetch(url, {{method: "POST"}}).then(() => location.reload());
+  for (const button of document.querySelectorAll("button.revoke")) {{
+    button.addEventListener("click", () =>
+      post("/auth/devices/" + encodeURIComponent(button.dataset.id) + "/revoke"));
+  }}
+  document.getElementById("revoke-others").addEventListener("click", () =>
+    post("/auth/devices/revoke-others"));
+</script>
+"""
+        return _page("Devices", body)
+
     async def logout(request: Request) -> Response:
         session = _session(request)
         expected = session.get("csrf")
@@ -199,12 +272,14 @@ slides its idle deadline.</p>
             Route("/", index),
             Route("/login", login, methods=["POST"]),
             Route("/dashboard", dashboard),
+            Route("/devices", devices),
             Route("/logout", logout, methods=["POST"]),
+            Mount("/auth", app=SessionEndpoints(backend)),
         ]
     )
     return SessionMiddleware(
         app,
-        backend=MemoryBackend(),
+        backend=backend,
         cookie_name="demo_session",
         idle_timeout=IDLE_TIMEOUT,
         absolute_timeout=ABSOLUTE_TIMEOUT,

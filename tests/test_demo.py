@@ -161,3 +161,51 @@ def test_countdown_is_capped_by_the_absolute_lifetime(clock: FakeClock) -> None:
     assert 'id="countdown">2:00<' in client.get("/dashboard").text
     clock.advance(120)
     assert client.get("/dashboard").headers["location"] == "/"
+
+
+def test_devices_page_revoke_one_and_log_out_the_others(clock: FakeClock) -> None:
+    app = demo.create_app(clock=clock)
+    laptop, phone, tablet = (client_for(app) for _ in range(3))
+    for device in (laptop, phone, tablet):
+        log_in(device, "ada")
+    page = laptop.get("/devices")
+    assert page.status_code == 200
+    assert page.text.count("<strong>this device</strong>") == 1
+    ids = re.findall(r'class="revoke" data-id="([0-9a-f]{64})"', page.text)
+    assert len(ids) == 2
+    for device in (laptop, phone, tablet):
+        assert device.cookies[COOKIE] not in page.text
+    # The page's button posts to the session API (same-origin fetch).
+    phone_page = phone.get("/devices").text
+    laptop_id = set(ids) ^ set(re.findall(r'data-id="([0-9a-f]{64})"', phone_page))
+    assert len(laptop_id) == 2  # each page lists the other two
+    revoked = laptop.post(
+        f"/auth/devices/{ids[0]}/revoke", headers={"sec-fetch-site": "same-origin"}
+    )
+    assert revoked.json() == {"revoked": 1}
+    landed = [d.get("/dashboard").headers.get("location") for d in (phone, tablet)]
+    assert sorted(landed, key=str) == sorted([None, "/"], key=str)  # one of them is out
+    laptop.post("/auth/devices/revoke-others", headers={"sec-fetch-site": "same-origin"})
+    assert phone.get("/dashboard").headers["location"] == "/"
+    assert tablet.get("/dashboard").headers["location"] == "/"
+    assert laptop.get("/dashboard").status_code == 200
+    assert laptop.get("/devices").text.count("<tr>") == 2  # the header and this device
+    cross_site = laptop.post(
+        "/auth/devices/revoke-others", headers={"sec-fetch-site": "cross-site"}
+    )
+    assert cross_site.status_code == 403
+
+
+def test_redis_url_switches_the_demo_to_redis(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    app = demo.create_app()
+    assert type(app.backend).__name__ == "RedisBackend"
+    # One event loop for every request (the Redis client's connections belong to it).
+    with client_for(app) as client:
+        log_in(client, "ada")
+        assert "Hello, ada</h1>" in client.get("/dashboard").text
+        assert "this device" in client.get("/devices").text
+        assert client.portal is not None
+        client.portal.call(app.backend.aclose)
