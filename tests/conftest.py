@@ -32,3 +32,13 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+# Folders of screenshots the browser tests took, printed at the end of the run so a
+# reviewer can look at them.
+SCREENSHOTS: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for folder in SCREENSHOTS:
+        terminalreporter.write_line(f"browser test screenshots: {folder}")
