@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from datetime import datetime
 from typing import Any
 
+from asgi_sessions._asgi import respond
 from asgi_sessions.backends.base import UserSessions
 from asgi_sessions.errors import ConfigurationError
 from asgi_sessions.session import Session
@@ -208,15 +209,4 @@ def _describe(session: Session) -> dict[str, Any]:
 
 async def _json(send: Send, status: int, body: Any) -> None:
     raw = json.dumps(body, separators=(",", ":")).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(raw)).encode()),
-                (b"cache-control", b"no-store"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": raw})
+    await respond(send, status, raw, b"application/json")

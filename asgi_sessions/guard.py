@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote
 
+from asgi_sessions._asgi import respond
 from asgi_sessions.errors import ConfigurationError
 from asgi_sessions.session import Session
 
@@ -168,33 +169,8 @@ class RouteGuard:
 
 
 async def _redirect(send: Send, location: str) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 303,
-            "headers": [
-                (b"location", location.encode("latin-1", "replace")),
-                (b"cache-control", b"no-store"),
-                (b"content-length", b"0"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": b""})
-
-
-_UNAUTHORIZED = b'{"detail":"Not authenticated"}'
+    await respond(send, 303, b"", None, (b"location", location.encode("latin-1", "replace")))
 
 
 async def _unauthorized(send: Send) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(_UNAUTHORIZED)).encode()),
-                (b"cache-control", b"no-store"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": _UNAUTHORIZED})
+    await respond(send, 401, b'{"detail":"Not authenticated"}', b"application/json")

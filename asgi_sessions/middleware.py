@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from datetime import timedelta
 from typing import Any
 
+from asgi_sessions._asgi import respond
 from asgi_sessions._log import fingerprint, logger
 from asgi_sessions.backends.base import Delta, SessionBackend, SessionRecord
 from asgi_sessions.cookies import CookieSettings, SameSite
@@ -651,19 +652,9 @@ async def _unavailable(scope: Scope, send: Send) -> None:
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1011})
         return
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", str(len(_UNAVAILABLE_BODY)).encode()),
-                (b"cache-control", b"no-store"),
-                (b"retry-after", b"1"),
-            ],
-        }
+    await respond(
+        send, 503, _UNAVAILABLE_BODY, b"text/plain; charset=utf-8", (b"retry-after", b"1")
     )
-    await send({"type": "http.response.body", "body": _UNAVAILABLE_BODY})
 
 
 def _discard_session(scope: Scope, send: Send) -> Send:

@@ -26,6 +26,7 @@ from asgi_sessions.backends.redis import RedisBackend
 from asgi_sessions.events import SessionEvent
 from tests.asgi import Client, session_app
 from tests.conftest import FakeClock
+from tests.redis_monitor import commands_sent
 
 pytestmark = pytest.mark.anyio
 
@@ -291,20 +292,7 @@ async def test_redis_commands_per_request(private_redis: Any, clock: FakeClock) 
 
         async def count(target: str) -> tuple[int, int]:
             await raw.config_resetstat()
-            marker = uuid.uuid4().hex
-            sent = 0
-            async with raw.monitor() as monitor:
-                await client.get(target)
-                await raw.echo(marker)
-                for _ in range(1000):
-                    command = await monitor.next_command()
-                    if marker in command["command"]:
-                        break
-                    name = command["command"].split(" ", 1)[0].upper()
-                    # Connection upkeep (a new pooled connection's HELLO and CLIENT
-                    # SETINFO, redis-py's health-check PING) is not the request's.
-                    if command["client_type"] != "lua" and name not in ("HELLO", "CLIENT", "PING"):
-                        sent += 1
+            sent = len(await commands_sent(raw, client.get(target)))
             stats = await raw.info("commandstats")
             executed = sum(
                 int(v["calls"])

@@ -16,6 +16,7 @@ from asgi_sessions import ConfigurationError, SessionMiddleware
 from asgi_sessions.backends.redis import _VIEW, RedisBackend
 from tests.asgi import Client, session_app
 from tests.conftest import FakeClock
+from tests.redis_monitor import commands_sent
 
 pytestmark = pytest.mark.anyio
 
@@ -277,21 +278,8 @@ async def test_command_counts(private_redis: Any, clock: FakeClock) -> None:
         await Client(client.app).get("/read", cookie=unknown)
 
         async def count(path: str, cookie: bytes | None = None) -> int:
-            marker = uuid.uuid4().hex
-            async with raw.monitor() as monitor:
-                await (Client(client.app).get(path, cookie=cookie) if cookie else client.get(path))
-                await raw.echo(marker)
-                sent = 0
-                for _ in range(1000):
-                    command = await monitor.next_command()
-                    if marker in command["command"]:
-                        return sent
-                    name = command["command"].split(" ", 1)[0].upper()
-                    # Connection set-up (a new pooled connection's HELLO, CLIENT
-                    # SETINFO) is not a per-request round trip.
-                    if command["client_type"] != "lua" and name not in ("HELLO", "CLIENT"):
-                        sent += 1
-            raise AssertionError("marker not seen")
+            request = Client(client.app).get(path, cookie=cookie) if cookie else client.get(path)
+            return len(await commands_sent(raw, request))
 
         assert await count("/read") == 1
         assert await count("/untouched") == 1
@@ -353,19 +341,7 @@ async def test_a_read_inside_the_schedule_is_one_plain_hget(
         await client.get("/set?k=v")
 
         async def commands(target: str) -> list[str]:
-            marker = uuid.uuid4().hex
-            seen = []
-            async with raw.monitor() as monitor:
-                await client.get(target)
-                await raw.echo(marker)
-                for _ in range(1000):
-                    command = await monitor.next_command()
-                    if marker in command["command"]:
-                        return seen
-                    name = command["command"].split(" ", 1)[0].upper()
-                    if command["client_type"] != "lua" and name not in ("HELLO", "CLIENT"):
-                        seen.append(name)
-            raise AssertionError("marker not seen")
+            return await commands_sent(raw, client.get(target))
 
         unknown = b"session=" + secrets.token_urlsafe(32).encode()
         await Client(client.app).get("/read", cookie=unknown)  # caches the load script
