@@ -48,6 +48,8 @@ class CookieRead:
 
 
 _ABSENT = CookieRead()
+_CACHE_ENTRIES = 1024
+_CACHED_HEADER_LIMIT = 2048  # bytes: at most about 2 MiB of cached headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,9 @@ class CookieSettings:
     max_chunks: int = 4
     _suffix: bytes = field(init=False, repr=False)
     _name_bytes: bytes = field(init=False, repr=False)
+    # Cookie header -> what it holds: a browser sends the same header on every
+    # request, so parsing it once saves the split and the checks on the hot path.
+    _parsed: dict[bytes, CookieRead] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         name = self.name
@@ -130,6 +135,7 @@ class CookieSettings:
             parts.append("; Partitioned")
         object.__setattr__(self, "_suffix", "".join(parts).encode("latin-1"))
         object.__setattr__(self, "_name_bytes", name.encode("latin-1"))
+        object.__setattr__(self, "_parsed", {})
 
     @property
     def max_value_size(self) -> int:
@@ -154,7 +160,16 @@ class CookieSettings:
                     found.append(header)
         if found is None:
             return _ABSENT
-        return self._parse(b"; ".join(found))
+        header = found[0] if len(found) == 1 else b"; ".join(found)
+        cache = self._parsed
+        read = cache.get(header)
+        if read is None:
+            read = self._parse(header)
+            if len(header) <= _CACHED_HEADER_LIMIT:
+                if len(cache) >= _CACHE_ENTRIES:
+                    cache.clear()  # a bound; refilled by the next requests
+                cache[header] = read
+        return read
 
     def _parse(self, header: bytes) -> CookieRead:
         name = self._name_bytes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,7 +13,7 @@ import msgpack
 import pytest
 from redis.asyncio import Redis
 
-from asgi_sessions import ConfigurationError, SessionMiddleware
+from asgi_sessions import BackendUnavailable, ConfigurationError, SessionMiddleware
 from asgi_sessions.backends.redis import _VIEW, RedisBackend
 from tests.asgi import Client, session_app
 from tests.conftest import FakeClock
@@ -406,3 +407,81 @@ async def test_a_key_of_another_type_is_a_corrupt_record(raw: Redis, backend: Re
     assert response.status == 200
     assert response.json() == {}
     assert await keys_of(raw, backend) == []
+
+
+# -- the read path's caches and the operation deadline ---------------------------------------
+
+
+async def test_nested_data_is_never_shared_between_requests(
+    raw: Redis, backend: RedisBackend
+) -> None:
+    """Records are built from a cache of decoded views: a request that mutates a
+    nested value in place (and so does not save it) must not change what the next
+    request loads."""
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        session = scope["session"]
+        if scope["path"] == "/init":
+            session["cart"] = [1]
+            session["n"] = 1
+        else:
+            seen.append((list(session["cart"]), session["n"]))
+            session["cart"].append(99)  # in place: not persisted
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    client = Client(SessionMiddleware(app, backend=backend))
+    await client.get("/init")
+    for _ in range(3):
+        await client.get("/mutate")
+    assert seen == [([1], 1)] * 3
+    record = await backend.load(client.jar["session"], now=time.time())
+    assert record is not None
+    record.data["n"] = 2  # flat data: each load has its own dict
+    again = await backend.load(client.jar["session"], now=time.time())
+    assert again is not None
+    assert again.data == {"cart": [1], "n": 1}
+
+
+async def test_the_read_path_caches_are_bounded(backend: RedisBackend) -> None:
+    backend._cache_size = 50
+    client = client_for(backend)
+    for _ in range(120):
+        client.jar.clear()
+        await client.get("/set?k=v")
+        await client.get("/read")
+    assert len(backend._ids) <= 50
+    assert len(backend._views) <= 50
+    settings = client.app.cookie
+    assert len(settings._parsed) <= 1024
+
+
+async def test_an_outside_cancel_during_a_redis_call_stays_a_cancel(
+    private_redis: Any,
+) -> None:
+    """The deadline cancels only its own operations: cancelling the request from
+    outside (a client gone away) is a CancelledError, never a 503."""
+    backend = RedisBackend(private_redis.url, operation_timeout=5.0)
+    try:
+        await backend._run(backend.client.ping())
+        private_redis.pause()
+        task = asyncio.ensure_future(backend._run(backend.client.ping()))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # Its own deadline: BackendUnavailable, late by at most a tick (a twentieth).
+        short = RedisBackend(private_redis.url, operation_timeout=0.3, socket_timeout=5.0)
+        started = time.monotonic()
+        try:
+            with pytest.raises(BackendUnavailable, match=r"did not answer within 0\.3s"):
+                await short._run(short.client.ping())
+        finally:
+            private_redis.resume()
+            await short.aclose()
+        assert time.monotonic() - started < 0.3 + 0.3 / 20 + 0.5
+    finally:
+        if not private_redis.running:
+            private_redis.start()
+        await backend.aclose()

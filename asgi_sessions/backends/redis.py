@@ -45,6 +45,7 @@ import asyncio
 import hashlib
 import math
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
@@ -78,6 +79,7 @@ T = TypeVar("T")
 Client = Redis | RedisCluster
 
 _unpackb = msgpack.unpackb
+_CONTAINERS = (list, dict)
 # Not a shared Packer: its buffer is not safe to share between threads, and a
 # backend may serve apps on several threads' event loops.
 _packb = msgpack.packb
@@ -207,19 +209,47 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 """
 
 
-class _Deadline:
-    """The timer callback of :meth:`RedisBackend._run`: cancels the task once."""
+class _Watchdog:
+    """The deadlines of one backend's operations on one event loop.
 
-    __slots__ = ("cancelling", "fired", "task")
+    One timer ticks every ``period`` seconds while operations run and cancels the
+    task of any that is past its deadline. Starting and ending an operation is a
+    dict insert and delete, where a timer per operation (or ``asyncio.timeout()``)
+    would push and cancel a heap entry each time; the price is that an operation
+    times out up to ``period`` late.
+    """
 
-    def __init__(self, task: asyncio.Task[Any]) -> None:
-        self.task = task
-        self.cancelling = task.cancelling()
-        self.fired = False
+    __slots__ = ("busy", "handle", "loop", "pending", "period")
 
-    def __call__(self) -> None:
-        self.fired = True
-        self.task.cancel()
+    def __init__(self, loop: asyncio.AbstractEventLoop, period: float) -> None:
+        self.loop = loop
+        self.period = period
+        self.pending: dict[int, list[Any]] = {}
+        self.handle: asyncio.TimerHandle | None = None
+        self.busy = False
+
+    def start(self, task: asyncio.Task[Any], timeout: float) -> list[Any]:
+        # [task, deadline, task.cancelling() on entry, fired]
+        entry = [task, self.loop.time() + timeout, task.cancelling(), False]
+        self.pending[id(entry)] = entry
+        self.busy = True
+        if self.handle is None:
+            self.handle = self.loop.call_later(self.period, self.tick)
+        return entry
+
+    def tick(self) -> None:
+        now = self.loop.time()
+        for entry in list(self.pending.values()):
+            if not entry[3] and entry[1] <= now:
+                entry[3] = True
+                entry[0].cancel()
+        if self.pending or self.busy:
+            # Keep ticking through one idle period, so a steady stream of short
+            # operations does not start a timer each.
+            self.busy = False
+            self.handle = self.loop.call_later(self.period, self.tick)
+        else:
+            self.handle = None
 
 
 class _Script:
@@ -467,6 +497,16 @@ class RedisBackend:
         # save shortens it, and then the middleware touches on the refresh it sees due.
         self._due: dict[str, float] = {}
         self._due_size = 10_000
+        # Bounded caches of the read path (each up to _cache_size entries): token ->
+        # session ID (a SHA-256 and a format check saved), and view bytes -> the
+        # decoded record fields.
+        self._cache_size = 10_000
+        # One per event loop (a backend may serve apps on several threads' loops).
+        self._watchdogs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Watchdog] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._ids: dict[str, str] = {}
+        self._views: dict[bytes, tuple[Any, ...]] = {}
         # Called with the ID of each session ended by max_sessions_per_user (the
         # hybrid backend stops their access tokens with it).
         self.on_evict: Callable[[str], None] | None = None
@@ -485,18 +525,20 @@ class RedisBackend:
         return f"{self.prefix}u:{{{digest}}}"
 
     async def _run(self, operation: Awaitable[T]) -> T:
-        # asyncio.timeout() would do, at twice the cost on the hot path: this is the
-        # same mechanism (a timer that cancels the task, and cancellations counted so
-        # an outside cancel still wins) without its context-manager machinery.
+        """Await ``operation`` within ``operation_timeout`` (up to a twentieth of it
+        late), turning every Redis failure into :class:`BackendUnavailable`."""
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
-        deadline = _Deadline(task)
-        handle = loop.call_at(loop.time() + self.operation_timeout, deadline)
+        watchdog = self._watchdogs.get(loop)
+        if watchdog is None:
+            watchdog = self._watchdogs[loop] = _Watchdog(loop, self.operation_timeout / 20)
+        entry = watchdog.start(task, self.operation_timeout)
         try:
             return await operation
         except asyncio.CancelledError:
-            if deadline.fired and task.uncancel() <= deadline.cancelling:
+            # Ours only if the watchdog fired and nobody else cancelled the task too.
+            if entry[3] and task.uncancel() <= entry[2]:
                 raise BackendUnavailable(
                     f"Redis did not answer within {self.operation_timeout}s"
                 ) from None
@@ -506,7 +548,7 @@ class RedisBackend:
         except RedisError as exc:
             raise BackendUnavailable(f"Redis failed: {type(exc).__name__}: {exc}") from exc
         finally:
-            handle.cancel()
+            del watchdog.pending[id(entry)]
 
     # -- the backend protocol ----------------------------------------------------------
 
@@ -519,7 +561,13 @@ class RedisBackend:
         ip: str | None = None,
         user_agent: str | None = None,
     ) -> SessionRecord | None:
-        session_id = checked_id(token)  # a malformed token never reaches Redis
+        ids = self._ids
+        session_id = ids.get(token)
+        if session_id is None:
+            session_id = checked_id(token)  # a malformed token never reaches Redis
+            if len(ids) >= self._cache_size:
+                ids.clear()  # a bound; refilled by the next requests
+            ids[token] = session_id
         key = self._key(session_id)
         due = self._due.get(session_id)
         raw: Any
@@ -554,34 +602,72 @@ class RedisBackend:
         return record
 
     def _parse(self, session_id: str, view: bytes, refreshed: bool) -> SessionRecord:
-        # The view is one msgpack array, [meta, seen, due, alias, data], which one C
-        # call unpacks (redis-py would parse a nested reply in Python, element by
-        # element).
+        # A session's view is the same bytes from one request to the next until it is
+        # written: decode and check it once, then build each request's record from
+        # the result (with its own copy of the data).
+        views = self._views
+        parsed = views.get(view)
+        if parsed is None:
+            parsed = self._decode(view)
+            if len(views) >= self._cache_size:
+                del views[next(iter(views))]  # oldest first: O(1), and a bound
+            views[view] = parsed
+        meta, created, rotated, idle, fixed, browser, user, seen, ip, agent, due, alias, flat = (
+            parsed
+        )
+        # Flat data (no list or dict inside) is copied; nested data is decoded again,
+        # so a request never shares a mutable value with the cache or another request.
+        data = flat.copy() if flat is not None else self.serializer.unpack(view)[4]
+        extra: dict[str, Any] = {"meta": meta}
+        if alias is not None:
+            extra["alias_of"] = alias
+        self._remember(session_id, due)
+        return SessionRecord(
+            session_id,
+            data,
+            created,
+            seen,
+            rotated,
+            idle,
+            fixed,
+            browser,
+            user,
+            None,
+            None,
+            ip,
+            agent,
+            alias is not None,
+            False,
+            refreshed,
+            extra,
+        )
+
+    def _decode(self, view: bytes) -> tuple[Any, ...]:
+        """The view as the fields of a record; SerializationError, ValueError,
+        TypeError or KeyError when it is not one of ours. The view is one msgpack
+        array, [meta, seen, due, alias, data], which one C call unpacks (redis-py
+        would parse a nested reply in Python, element by element)."""
         serializer = self.serializer
         meta, seen, due, alias, data = serializer.unpack(view)
         serializer.check_loaded(data)
         created, rotated, idle, fixed, browser, user = _meta(meta)
         last_seen, ip, user_agent = _seen(seen)
-        record = SessionRecord(
-            session_id=session_id,
-            data=data,
-            created_at=created,
-            last_seen=last_seen,
-            rotated_at=rotated,
-            idle_timeout=idle,
-            fixed_expiry=fixed,
-            browser_session=browser,
-            user_id=user,
-            ip=ip,
-            user_agent=user_agent,
-            refreshed=refreshed,
+        flat = None if any(type(v) in _CONTAINERS for v in data.values()) else data
+        return (
+            meta,
+            created,
+            rotated,
+            idle,
+            fixed,
+            browser,
+            user,
+            last_seen,
+            ip,
+            user_agent,
+            _number(due),
+            None if alias is None else _str(alias),
+            flat,
         )
-        record.extra = {"meta": meta}
-        if alias is not None:
-            record.read_only = True
-            record.extra["alias_of"] = _str(alias)
-        self._remember(session_id, _number(due))
-        return record
 
     def _remember(self, session_id: str, due: float | None) -> None:
         """Note when the session's next sliding refresh is due (None: never), so
