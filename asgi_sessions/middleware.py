@@ -21,8 +21,14 @@ from asgi_sessions.errors import (
     SessionTooLarge,
 )
 from asgi_sessions.events import Emitter, EventHook, EventName, SessionEvent, session_hash
-from asgi_sessions.policy import Action, ExpiryPolicy, decide, seconds
-from asgi_sessions.session import _UNSET, Session, empty_session, mark_revoked
+from asgi_sessions.policy import EXPIRED, QUIET, Action, ExpiryPolicy, decide, seconds
+from asgi_sessions.session import (
+    _UNSET,
+    Session,
+    empty_session,
+    loaded_session,
+    mark_revoked,
+)
 
 __all__ = ["SessionMiddleware"]
 
@@ -203,20 +209,22 @@ class SessionMiddleware:
                 scope["session"] = empty_session(self._check, self.policy, self._session_class)
                 await self.app(scope, receive, _discard_session(scope, send))
                 return
+            status = QUIET
+            if record is not None:
+                status = self.policy.status(record, now)
+                if status == EXPIRED:
+                    logger.info("session %s expired", fingerprint(token))
+                    if self._events:
+                        await self._emit("expired", scope, record=record)
+                    record = None
             if record is None:
                 token = None
                 session = empty_session(self._check, self.policy, self._session_class)
             else:
-                session = self._session_class(
-                    record.data, record=record, check=self._check, policy=self.policy, now=now
+                session = loaded_session(
+                    self._session_class, record.data, record, self._check, self.policy, now
                 )
-                policy = self.policy
-                quiet = not (
-                    record.refreshed
-                    or record.reissue
-                    or policy.refresh_due(record, now)
-                    or policy.rotation_due(record, now)
-                )
+                quiet = status == QUIET and not (record.refreshed or record.reissue)
         scope["session"] = session
 
         start_type = "http.response.start" if kind == "http" else "websocket.accept"
@@ -334,7 +342,8 @@ class SessionMiddleware:
 
     async def _load(self, token: str, now: float, scope: Scope) -> SessionRecord | None:
         """The record for a cookie value, or ``None`` (logged) when it is malformed,
-        forged, unknown or expired. Only :class:`BackendError` escapes."""
+        forged or unknown; the caller checks its deadlines. Only
+        :class:`BackendError` escapes."""
         ip, user_agent = _client(scope)
         try:
             record = await self.backend.load(
@@ -356,11 +365,6 @@ class SessionMiddleware:
                     session=fingerprint(token),
                     reason="unknown or expired session",
                 )
-        elif self.policy.is_expired(record, now):
-            logger.info("session %s expired", fingerprint(token))
-            if self._events:
-                await self._emit("expired", scope, record=record)
-            return None
         return record
 
     async def _emit(

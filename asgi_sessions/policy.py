@@ -16,7 +16,12 @@ from datetime import timedelta
 from asgi_sessions.backends.base import SessionRecord
 from asgi_sessions.errors import ConfigurationError
 
-__all__ = ["Action", "ExpiryPolicy", "decide", "seconds"]
+__all__ = ["DUE", "EXPIRED", "QUIET", "Action", "ExpiryPolicy", "decide", "seconds"]
+
+# ExpiryPolicy.status()
+QUIET = 0
+DUE = 1
+EXPIRED = 2
 
 
 def seconds(value: int | float | timedelta, name: str) -> int:
@@ -92,6 +97,25 @@ class ExpiryPolicy:
         sliding = self.sliding(record)
         # A fixed expiry does not slide, so there is nothing to extend.
         return sliding is not None and now - record.last_seen >= sliding[0]
+
+    def status(self, record: SessionRecord, now: float) -> int:
+        """One pass over the checks a loaded session needs: ``EXPIRED`` (2) when
+        :meth:`is_expired`, ``DUE`` (1) when a refresh or a rotation is due, else
+        ``QUIET`` (0)."""
+        idle = self.idle_timeout if record.idle_timeout is None else record.idle_timeout
+        fixed = record.fixed_expiry
+        last_seen = record.last_seen
+        if (
+            now >= (last_seen + idle if fixed is None else fixed)
+            or now >= record.created_at + self.absolute_timeout
+        ):
+            return EXPIRED
+        if fixed is None and now - last_seen >= min(self.refresh_after, idle // 2):
+            return DUE
+        rotate_after = self.rotate_after
+        if rotate_after is not None and now - record.rotated_at >= rotate_after:
+            return DUE
+        return QUIET
 
     def rotation_due(self, record: SessionRecord, now: float) -> bool:
         return self.rotate_after is not None and now - record.rotated_at >= self.rotate_after

@@ -320,6 +320,25 @@ class Session(dict[str, Any]):
 _new = dict.__new__
 
 
+def loaded_session(
+    cls: type[Session],
+    data: dict[str, Any],
+    record: SessionRecord,
+    check: _Check | None,
+    policy: ExpiryPolicy | None,
+    now: float,
+) -> Session:
+    """``cls(data, record=..., check=..., policy=..., now=...)`` without the
+    keyword-argument call (it runs on every request with a session)."""
+    session: Session = _new(cls)
+    dict.update(session, data)
+    session._record = record
+    session._loaded_at = now
+    session._check = check
+    session._policy = policy
+    return session
+
+
 def empty_session(
     check: _Check | None, policy: ExpiryPolicy | None, cls: type[Session] = Session
 ) -> Session:

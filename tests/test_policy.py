@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from asgi_sessions import ConfigurationError, ExpiryPolicy, SessionRecord
-from asgi_sessions.policy import Action, decide
+from asgi_sessions.policy import DUE, EXPIRED, QUIET, Action, decide
 
 T0 = 1_000_000.0
 
@@ -103,3 +105,55 @@ BASE = {
 )
 def test_commit_rules(changes: dict[str, bool], action: Action) -> None:
     assert decide(**{**BASE, **changes}) is action
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    idle=st.integers(1, 10_000),
+    extra=st.integers(0, 10_000),
+    refresh=st.integers(0, 10_000),
+    rotate=st.one_of(st.none(), st.integers(1, 10_000)),
+    created=st.floats(0, 1e6),
+    seen_after=st.floats(0, 1e5),
+    rotated_after=st.floats(0, 1e5),
+    idle_override=st.one_of(st.none(), st.integers(1, 10_000)),
+    fixed_after=st.one_of(st.none(), st.floats(0, 1e5)),
+    now_after=st.floats(0, 1e5),
+)
+def test_status_agrees_with_the_separate_checks(
+    idle: int,
+    extra: int,
+    refresh: int,
+    rotate: int | None,
+    created: float,
+    seen_after: float,
+    rotated_after: float,
+    idle_override: int | None,
+    fixed_after: float | None,
+    now_after: float,
+) -> None:
+    """status() is the hot path's one-pass version of is_expired, refresh_due and
+    rotation_due: it must never disagree with them."""
+    policy = ExpiryPolicy(
+        idle_timeout=idle,
+        absolute_timeout=idle + extra,
+        refresh_after=min(refresh, idle - 1),
+        rotate_after=rotate,
+    )
+    record = SessionRecord(
+        session_id="x",
+        data={},
+        created_at=created,
+        last_seen=created + seen_after,
+        rotated_at=created + rotated_after,
+        idle_timeout=idle_override,
+        fixed_expiry=None if fixed_after is None else created + fixed_after,
+    )
+    now = created + now_after
+    if policy.is_expired(record, now):
+        expected = EXPIRED
+    elif policy.refresh_due(record, now) or policy.rotation_due(record, now):
+        expected = DUE
+    else:
+        expected = QUIET
+    assert policy.status(record, now) == expected
