@@ -160,7 +160,11 @@ class CookieSettings:
                     found.append(header)
         if found is None:
             return _ABSENT
-        header = found[0] if len(found) == 1 else b"; ".join(found)
+        return self.read_header(found[0] if len(found) == 1 else b"; ".join(found))
+
+    def read_header(self, header: bytes) -> CookieRead:
+        """:meth:`read` for the value of the one ``Cookie`` header that names the
+        session cookie (or all such headers joined with ``"; "``)."""
         cache = self._parsed
         read = cache.get(header)
         if read is None:

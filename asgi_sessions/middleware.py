@@ -12,7 +12,7 @@ from typing import Any
 from asgi_sessions._asgi import respond
 from asgi_sessions._log import fingerprint, logger
 from asgi_sessions.backends.base import Delta, SessionBackend, SessionRecord
-from asgi_sessions.cookies import CookieSettings, SameSite
+from asgi_sessions.cookies import CookieRead, CookieSettings, SameSite
 from asgi_sessions.errors import (
     BackendError,
     ConfigurationError,
@@ -41,6 +41,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _UNAVAILABLE_BODY = b"Service Unavailable"
 _VARY = (b"vary", b"Cookie")
 _NO_STORE = (b"cache-control", b"private, no-store")
+_NO_COOKIE = CookieRead()
 
 
 class SessionMiddleware:
@@ -185,7 +186,23 @@ class SessionMiddleware:
     async def _call(self, scope: Scope, receive: Receive, send: Send, kind: str) -> None:
         # Requests with a session cookie, and WebSockets. A frame of its own keeps
         # __call__ small: Python creates all of a function's closure cells on entry.
-        read = self.cookie.read(scope["headers"])
+        # One pass over the headers finds the session cookie and the user agent.
+        name = self._cookie_bytes
+        header = agent = None
+        several = False
+        for key, value in scope["headers"]:
+            if key == b"cookie":
+                if name in value:
+                    several = header is not None
+                    header = value
+            elif key == b"user-agent":
+                agent = value
+        if header is None:
+            read = _NO_COOKIE
+        elif several:
+            read = self.cookie.read(scope["headers"])
+        else:
+            read = self.cookie.read_header(header)
         token = read.value
         # Nothing is due for the stored session at load time (no refresh, rotation or
         # re-issue): unless the app changes it, its response needs no commit at all.
@@ -198,8 +215,11 @@ class SessionMiddleware:
             session = empty_session(self._check, self.policy, self._session_class)
         else:
             now = self.clock()
+            client = scope.get("client")
+            ip = client[0] if client else None
+            user_agent = None if agent is None else agent[:256].decode("latin-1")
             try:
-                record = await self._load(token, now, scope)
+                record = await self._load(token, now, scope, ip, user_agent)
             except BackendError as exc:
                 if not self.fail_open:
                     logger.error("session store unavailable, answering 503: %s", exc)
@@ -340,11 +360,12 @@ class SessionMiddleware:
             logger.warning("session store failed on commit, session not saved: %s", exc)
             return token
 
-    async def _load(self, token: str, now: float, scope: Scope) -> SessionRecord | None:
+    async def _load(
+        self, token: str, now: float, scope: Scope, ip: str | None, user_agent: str | None
+    ) -> SessionRecord | None:
         """The record for a cookie value, or ``None`` (logged) when it is malformed,
         forged or unknown; the caller checks its deadlines. Only
         :class:`BackendError` escapes."""
-        ip, user_agent = _client(scope)
         try:
             record = await self.backend.load(
                 token, now=now, policy=self.policy, ip=ip, user_agent=user_agent

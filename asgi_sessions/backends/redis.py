@@ -228,14 +228,8 @@ class _Watchdog:
         self.handle: asyncio.TimerHandle | None = None
         self.busy = False
 
-    def start(self, task: asyncio.Task[Any], timeout: float) -> list[Any]:
-        # [task, deadline, task.cancelling() on entry, fired]
-        entry = [task, self.loop.time() + timeout, task.cancelling(), False]
-        self.pending[id(entry)] = entry
-        self.busy = True
-        if self.handle is None:
-            self.handle = self.loop.call_later(self.period, self.tick)
-        return entry
+    # An operation registers [task, deadline, task.cancelling() on entry, fired]
+    # in ``pending`` (RedisBackend._run does it inline) and sets ``busy``.
 
     def tick(self) -> None:
         now = self.loop.time()
@@ -533,7 +527,12 @@ class RedisBackend:
         watchdog = self._watchdogs.get(loop)
         if watchdog is None:
             watchdog = self._watchdogs[loop] = _Watchdog(loop, self.operation_timeout / 20)
-        entry = watchdog.start(task, self.operation_timeout)
+        # watchdog.start(), inlined: this runs on every Redis call.
+        entry: list[Any] = [task, loop.time() + self.operation_timeout, task.cancelling(), False]
+        watchdog.pending[id(entry)] = entry
+        watchdog.busy = True
+        if watchdog.handle is None:
+            watchdog.handle = loop.call_later(watchdog.period, watchdog.tick)
         try:
             return await operation
         except asyncio.CancelledError:
@@ -568,7 +567,7 @@ class RedisBackend:
             if len(ids) >= self._cache_size:
                 ids.clear()  # a bound; refilled by the next requests
             ids[token] = session_id
-        key = self._key(session_id)
+        key = f"{self.prefix}s:{session_id}"
         due = self._due.get(session_id)
         raw: Any
         refreshed = False
