@@ -849,7 +849,7 @@ def render(
             "same batch (the counting's own INFO/MONITOR/ECHO excluded), which also counts "
             "every command run inside a script.",
             "- The Redis rows each have one pooled `redis.asyncio` client made as "
-            "`RedisBackend(url)` makes its own (blocking pool, same timeouts and retries). "
+            "`RedisBackend(url)` makes its own (a pool that waits for a free connection, same timeouts and retries). "
             "Where a row sends Redis commands (a non-zero Redis cmds/req), a sample times "
             f"{100 * REDIS_SAMPLE_SHARE:.0f}% of the requests of the others (its requests "
             "cost 10 to 40 bare ones), and it is retaken when this thread and the private "

@@ -257,7 +257,7 @@ async def _ours_jwt_nocache(inner: ASGIApp) -> Row:
 # -- Redis rows ----------------------------------------------------------------------
 #
 # Every Redis row gets one pooled redis.asyncio client of its own, made exactly as
-# RedisBackend makes one from a URL (a blocking pool, the same socket timeouts,
+# RedisBackend makes one from a URL (a pool that waits for a free connection, the same socket timeouts,
 # retries and health checks): the floors and starsessions are built on the very
 # client a RedisBackend(url) creates, so no row gets cheaper connection handling.
 # Keys live under "bench:" prefixes and all expire; nothing is ever flushed.

@@ -485,3 +485,43 @@ async def test_an_outside_cancel_during_a_redis_call_stays_a_cancel(
         if not private_redis.running:
             private_redis.start()
         await backend.aclose()
+
+
+async def test_a_burst_beyond_max_connections_waits_for_a_connection(redis_url: str) -> None:
+    """A URL-made client waits (within operation_timeout) for a free connection
+    instead of failing the request when all max_connections are in use."""
+    backend = RedisBackend(redis_url, prefix=f"t{uuid.uuid4().hex[:12]}:", max_connections=2)
+    try:
+        app = SessionMiddleware(session_app, backend=backend)
+        clients = [Client(app) for _ in range(20)]
+        await asyncio.gather(*(c.get(f"/set?k={i}") for i, c in enumerate(clients)))
+        responses = await asyncio.gather(*(c.get("/read") for c in clients))
+        assert [r.status for r in responses] == [200] * 20
+        assert [r.json() for r in responses] == [{"k": str(i)} for i in range(20)]
+        pool = backend.client.connection_pool
+        assert len(pool._in_use_connections) + len(pool._available_connections) <= 2
+        assert not pool._waiters
+    finally:
+        await backend.aclose()
+
+
+async def test_an_exhausted_pool_gives_up_within_the_operation_timeout(private_redis: Any) -> None:
+    backend = RedisBackend(private_redis.url, max_connections=1, operation_timeout=0.5)
+    try:
+        await backend._run(backend.client.ping())
+        private_redis.pause()  # the one connection hangs in a command
+        try:
+            started = time.monotonic()
+            results = await asyncio.gather(
+                backend._run(backend.client.ping()),
+                backend._run(backend.client.ping()),  # waits for the pool
+                return_exceptions=True,
+            )
+            elapsed = time.monotonic() - started
+        finally:
+            private_redis.resume()
+        assert all(isinstance(r, BackendUnavailable) for r in results), results
+        assert elapsed < 0.5 + 0.5 / 20 + 0.5
+        assert await backend._run(backend.client.ping()) is True  # recovered
+    finally:
+        await backend.aclose()
