@@ -642,18 +642,20 @@ def _headers(message: Message) -> list[tuple[bytes, bytes]]:
 
 
 def _add_vary(message: Message) -> None:
-    headers = _headers(message)
-    if not _varies_on_cookie(headers):
-        headers.append(_VARY)
-
-
-def _varies_on_cookie(headers: list[tuple[bytes, bytes]]) -> bool:
+    # _headers() inlined, and names compared as sent before lowering: this runs on
+    # every response that read the session.
+    headers = message.get("headers")
+    if type(headers) is not list:
+        headers = message["headers"] = [] if headers is None else list(headers)
     for key, value in headers:
-        if key.lower() == b"vary":
-            tokens = {t.strip().lower() for t in value.split(b",")}
-            if b"cookie" in tokens or b"*" in tokens:
-                return True
-    return False
+        if (key == b"vary" or key.lower() == b"vary") and _names_cookie(value):
+            return
+    headers.append(_VARY)
+
+
+def _names_cookie(vary: bytes) -> bool:
+    tokens = {t.strip().lower() for t in vary.split(b",")}
+    return b"cookie" in tokens or b"*" in tokens
 
 
 def _delta(session: Session, *, replace: bool) -> Delta:

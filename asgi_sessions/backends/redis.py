@@ -47,7 +47,6 @@ import contextlib
 import hashlib
 import math
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
@@ -541,10 +540,8 @@ class RedisBackend:
         # session ID (a SHA-256 and a format check saved), and view bytes -> the
         # decoded record fields.
         self._cache_size = 10_000
-        # One per event loop (a backend may serve apps on several threads' loops).
-        self._watchdogs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Watchdog] = (
-            weakref.WeakKeyDictionary()
-        )
+        # The deadlines of this backend's operations on the running loop.
+        self._watchdog: _Watchdog | None = None
         self._ids: dict[str, str] = {}
         self._views: dict[bytes, tuple[Any, ...]] = {}
         # Called with the ID of each session ended by max_sessions_per_user (the
@@ -570,9 +567,11 @@ class RedisBackend:
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
-        watchdog = self._watchdogs.get(loop)
-        if watchdog is None:
-            watchdog = self._watchdogs[loop] = _Watchdog(loop, self.operation_timeout / 20)
+        watchdog = self._watchdog
+        if watchdog is None or watchdog.loop is not loop:
+            # A new loop (or the first): a backend used from several threads' loops
+            # switches watchdogs; each call keeps the one it registered with.
+            watchdog = self._watchdog = _Watchdog(loop, self.operation_timeout / 20)
         # watchdog.start(), inlined: this runs on every Redis call.
         entry: list[Any] = [task, loop.time() + self.operation_timeout, task.cancelling(), False]
         watchdog.pending[id(entry)] = entry
