@@ -23,9 +23,11 @@ fresh ``{"user": USER, "n": 0}`` in ``scope["session"]``, so the same handlers r
 
 from __future__ import annotations
 
+import asyncio.base_events
 import json
 import logging
 import os
+import socket
 import sys
 import traceback
 from typing import Any
@@ -33,6 +35,18 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 
 from benchmarks.rows import ROWS, USER, Row, RowUnavailable, configure_redis, make_app
+
+
+def _set_nodelay(sock: socket.socket) -> None:
+    # uvicorn --workers N hands each worker the listening socket by file descriptor,
+    # and a socket rebuilt that way reports proto 0, so asyncio skips TCP_NODELAY on
+    # the connections it accepts: every response then waits on a delayed ACK (about
+    # 40 ms a request on this machine, whatever the app). Set it for any TCP socket.
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+asyncio.base_events._set_nodelay = _set_nodelay  # type: ignore[attr-defined]
 
 __all__ = [
     "INFO_ENV",
