@@ -221,7 +221,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", help=f"comma-separated rows ({', '.join(ROW_NAMES)})")
     parser.add_argument("--redis-url", help="use this Redis (keys under 'bench:memory:')")
     parser.add_argument("--markdown-out", help="also write the report here")
-    parser.add_argument("--quick", action="store_true", help="20,000 requests per row")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="20,000 requests per row, a smoke run: fails only on a non-200 response",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.requests = 20_000
@@ -255,6 +259,9 @@ def _run(args: argparse.Namespace, redis_url: str | None) -> int:
     if args.markdown_out:
         with open(args.markdown_out, "w") as out:
             out.write(report + "\n")
+    if args.quick:
+        # A smoke run (CI): too short for caches to fill, so only errors count.
+        return 0 if all(set(o.statuses) == {200} for o in outcomes) else 1
     return 0 if holds else 1
 
 
