@@ -219,7 +219,14 @@ class SessionMiddleware:
             ip = client[0] if client else None
             user_agent = None if agent is None else agent[:256].decode("latin-1")
             try:
-                record = await self._load(token, now, scope, ip, user_agent)
+                # The backend directly (no helper coroutine): this is every request
+                # with a session.
+                record = await self.backend.load(
+                    token, now=now, policy=self.policy, ip=ip, user_agent=user_agent
+                )
+            except InvalidToken as exc:
+                record = None
+                await self._refused(token, scope, f"rejected: {exc}")
             except BackendError as exc:
                 if not self.fail_open:
                     logger.error("session store unavailable, answering 503: %s", exc)
@@ -229,6 +236,9 @@ class SessionMiddleware:
                 scope["session"] = empty_session(self._check, self.policy, self._session_class)
                 await self.app(scope, receive, _discard_session(scope, send))
                 return
+            else:
+                if record is None:
+                    await self._refused(token, scope, None)
             status = QUIET
             if record is not None:
                 status = self.policy.status(record, now)
@@ -246,12 +256,31 @@ class SessionMiddleware:
                 )
                 quiet = status == QUIET and not (record.refreshed or record.reissue)
         scope["session"] = session
+        if quiet and kind == "http":
+            # The common read: an object with slots instead of two closures and
+            # their cells; it commits only if the app changes the session.
+            await self.app(
+                scope, receive, _QuietSend(self, session, token, read.names, scope, send)
+            )
+            return
+        await self._serve(scope, receive, send, kind, session, token, read.names, quiet)
 
+    async def _serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        kind: str,
+        session: Session,
+        token: str | None,
+        names: tuple[str, ...],
+        quiet: bool,
+    ) -> None:
         start_type = "http.response.start" if kind == "http" else "websocket.accept"
 
         async def commit_then_send(message: Message) -> None:
             nonlocal token
-            token = await self._guarded_commit(message, session, token, read.names, scope, send)
+            token = await self._guarded_commit(message, session, token, names, scope, send)
             if not session._replaced:
                 await send(message)
 
@@ -360,33 +389,16 @@ class SessionMiddleware:
             logger.warning("session store failed on commit, session not saved: %s", exc)
             return token
 
-    async def _load(
-        self, token: str, now: float, scope: Scope, ip: str | None, user_agent: str | None
-    ) -> SessionRecord | None:
-        """The record for a cookie value, or ``None`` (logged) when it is malformed,
-        forged or unknown; the caller checks its deadlines. Only
-        :class:`BackendError` escapes."""
-        try:
-            record = await self.backend.load(
-                token, now=now, policy=self.policy, ip=ip, user_agent=user_agent
-            )
-        except InvalidToken as exc:
-            logger.warning("session token %s rejected: %s", fingerprint(token), exc)
-            if self._events:
-                await self._emit(
-                    "suspicious", scope, session=fingerprint(token), reason=f"rejected: {exc}"
-                )
-            return None
-        if record is None:
+    async def _refused(self, token: str, scope: Scope, reason: str | None) -> None:
+        """Log (and report) a cookie value the backend refused (``reason``) or did
+        not know (``None``: unknown or expired)."""
+        if reason is not None:
+            logger.warning("session token %s %s", fingerprint(token), reason)
+        else:
             logger.info("session token %s is unknown or expired", fingerprint(token))
-            if self._events:
-                await self._emit(
-                    "suspicious",
-                    scope,
-                    session=fingerprint(token),
-                    reason="unknown or expired session",
-                )
-        return record
+            reason = "unknown or expired session"
+        if self._events:
+            await self._emit("suspicious", scope, session=fingerprint(token), reason=reason)
 
     async def _emit(
         self,
@@ -617,6 +629,49 @@ class SessionMiddleware:
         headers.extend((b"set-cookie", v) for v in values)
         if not has_cache_control:
             headers.append(_NO_STORE)
+
+
+class _QuietSend:
+    """The send wrapper of a request whose stored session needs nothing at load time
+    (no refresh, rotation or re-issue due): it adds ``Vary: Cookie`` when the session
+    was read, and commits only when the app changed, rotated or invalidated it."""
+
+    __slots__ = ("middleware", "names", "scope", "send", "session", "token")
+
+    def __init__(
+        self,
+        middleware: SessionMiddleware,
+        session: Session,
+        token: str | None,
+        names: tuple[str, ...],
+        scope: Scope,
+        send: Send,
+    ) -> None:
+        self.middleware = middleware
+        self.session = session
+        self.token = token
+        self.names = names
+        self.scope = scope
+        self.send = send
+
+    def __call__(self, message: Message) -> Awaitable[None]:
+        session = self.session
+        if session._replaced:
+            return _done()
+        if message["type"] == "http.response.start":
+            if session.modified or session._invalidated or session._rotate:
+                return self._commit_then_send(message)
+            if session.accessed:
+                _add_vary(message)
+        return self.send(message)
+
+    async def _commit_then_send(self, message: Message) -> None:
+        session = self.session
+        self.token = await self.middleware._guarded_commit(
+            message, session, self.token, self.names, self.scope, self.send
+        )
+        if not session._replaced:
+            await self.send(message)
 
 
 def _client(scope: Scope) -> tuple[str | None, str | None]:
