@@ -60,3 +60,22 @@ async def test_corrupt_stored_record_gives_none_and_is_removed() -> None:
 def test_bad_settings(settings: dict[str, int]) -> None:
     with pytest.raises(ConfigurationError):
         MemoryBackend(**settings)
+
+
+async def test_abandoned_sessions_do_not_pile_up() -> None:
+    """Sessions that expire without being read again are swept as new ones come,
+    long before max_sessions: the store stays near twice its live sessions."""
+    now = 1_700_000_000.0
+    backend = MemoryBackend(clock=lambda: now)
+    sizes = []
+    for i in range(20_000):
+        now += 0.01  # 100 new sessions a second, each living 10 s: ~1,000 alive
+        record = SessionRecord(
+            session_id="", data={}, created_at=now, last_seen=now, rotated_at=now
+        )
+        await backend.save(
+            None, record, Delta({"i": i}, replace=True), now=now, ttl=10, rotate=False
+        )
+        sizes.append(len(backend))
+    assert max(sizes[10_000:]) <= 2 * 1_000 + 1024
+    assert max(sizes) < 5_000

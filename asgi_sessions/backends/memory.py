@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 __all__ = ["MemoryBackend"]
 
 
+_MIN_SWEEP = 1024
+
+
 @dataclass(slots=True)
 class _Entry:
     meta: SessionRecord  # data is kept serialized in ``blob``; meta.data stays empty
@@ -41,7 +44,9 @@ class MemoryBackend:
     per-user operations of :class:`UserSessions` (with ``max_sessions_per_user``
     evicting a user's oldest sessions).
 
-    At most ``max_sessions`` records are kept: when full, expired records are
+    Expired records are swept whenever the store has doubled since the last sweep,
+    so it holds at most about twice its live sessions. At most ``max_sessions``
+    records are kept: when full, expired records are
     dropped first, then the least recently written. Data is stored serialized (JSON
     by default), so a request never shares objects with the store or another request.
     Not shared between processes: use Redis for more than one worker. ``clock`` is
@@ -79,6 +84,7 @@ class MemoryBackend:
         # its own here when this has none.
         self.events = Emitter(None)
         self._evicted: list[tuple[str, str]] = []  # to report once the save is done
+        self._sweep_at = _MIN_SWEEP  # the store size that triggers the next sweep
 
     def __len__(self) -> int:
         """Records held, including expired ones not yet swept and grace aliases."""
@@ -331,6 +337,13 @@ class MemoryBackend:
 
     def _make_room(self, now: float) -> None:
         entries = self._entries
+        if len(entries) >= self._sweep_at:
+            # Expired records and grace aliases go whenever the store has doubled
+            # since the last sweep: O(1) per creation amortized, and the store never
+            # holds more than about twice its live sessions.
+            for key in [k for k, e in entries.items() if e.expires_at <= now]:
+                self._drop(key)
+            self._sweep_at = max(_MIN_SWEEP, 2 * len(entries))
         if len(entries) < self.max_sessions:
             return
         for key in [k for k, e in entries.items() if e.expires_at <= now]:
