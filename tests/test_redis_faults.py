@@ -306,14 +306,16 @@ async def test_paused_under_load_every_request_gets_a_bounded_503_and_no_crossta
             private_redis.resume()
         own_data_or_503(await asyncio.gather(*tasks))
 
-        # Recovered: everyone sees their own session again. The connections that
-        # were mid-command at the pause reconnect first (0.3 s timeouts, on a loaded
-        # CI machine too), so wait until one request gets through, within seconds.
-        for _ in range(50):
-            if (await ann.get("/read")).status == 200:
+        # Recovered without a restart: everyone sees their own session again. The
+        # connections abandoned at the pause are replaced first (0.3 s connect and
+        # socket timeouts, 40 at once), which on a loaded CI machine can take a few
+        # bursts: allow 5 s, and every answer meanwhile is still its own or a 503.
+        deadline = time.monotonic() + 5
+        while True:
+            statuses = own_data_or_503(await asyncio.gather(*burst(), *burst()))
+            if statuses == [200] * 40 or time.monotonic() > deadline:
                 break
-            await asyncio.sleep(0.1)
-        statuses = own_data_or_503(await asyncio.gather(*burst(), *burst()))
+            await asyncio.sleep(0.2)
         assert statuses == [200] * 40
     finally:
         await backend.aclose()
