@@ -75,7 +75,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.http_app import INFO_ENV, PACKAGE_WARNING, REDIS_ENV, ROW_ENV
-from benchmarks.inprocess import BARE_COOKIE, Response, _interruptible, cookie_header, redis_for
+from benchmarks.inprocess import (
+    BARE_COOKIE,
+    Response,
+    _csv,
+    _interruptible,
+    cookie_header,
+    redis_for,
+)
 from benchmarks.redis_server import _die_with_parent
 from benchmarks.report import environment_lines, git_revision, package_version, source_digest
 from benchmarks.rows import ROWS, SCENARIOS, USER, RowUnavailable, Scenario, redis_url
@@ -810,10 +817,6 @@ def bars(outcome: Outcome, grid: dict[tuple[str, str], Cell]) -> tuple[list[str]
 
 
 # -- command line ------------------------------------------------------------------
-
-
-def _csv(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
