@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from asgi_sessions._log import fingerprint
+from asgi_sessions.errors import ConfigurationError
 
 __all__ = ["EventHook", "EventName", "SessionEvent", "log_events"]
 
@@ -76,8 +77,6 @@ class Emitter:
             self.hooks = tuple(hooks)
         for hook in self.hooks:
             if not callable(hook):
-                from asgi_sessions.errors import ConfigurationError
-
                 raise ConfigurationError(f"on_event hooks must be callable, got {hook!r}")
 
     def __bool__(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 import uuid
@@ -523,5 +524,25 @@ async def test_an_exhausted_pool_gives_up_within_the_operation_timeout(private_r
         assert all(isinstance(r, BackendUnavailable) for r in results), results
         assert elapsed < 0.5 + 0.5 / 20 + 0.5
         assert await backend._run(backend.client.ping()) is True  # recovered
+    finally:
+        await backend.aclose()
+
+
+async def test_a_woken_waiter_that_is_cancelled_passes_its_turn_on(redis_url: str) -> None:
+    backend = RedisBackend(redis_url, max_connections=1, operation_timeout=5.0)
+    pool = backend.client.connection_pool
+    try:
+        held = await pool.get_connection()
+        first = asyncio.ensure_future(pool.get_connection())
+        second = asyncio.ensure_future(pool.get_connection())
+        await asyncio.sleep(0.05)  # both wait for the one connection
+        await pool.release(held)  # wakes the first ...
+        first.cancel()  # ... which is cancelled before it runs
+        started = time.monotonic()
+        connection = await asyncio.wait_for(second, 2.0)
+        assert time.monotonic() - started < 1.0  # not left to its 5 s timeout
+        await pool.release(connection)
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
     finally:
         await backend.aclose()

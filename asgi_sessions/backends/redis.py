@@ -247,6 +247,15 @@ class _Watchdog:
             self.handle = None
 
 
+class _PoolTimeout(Exception):
+    """No connection came back to a :class:`_WaitingPool` in time."""
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(_PoolTimeout())
+
+
 class _WaitingPool(ConnectionPool):
     """A connection pool that, when all ``max_connections`` are in use, waits up to
     ``timeout`` seconds for one to come back, as redis-py's BlockingConnectionPool
@@ -264,31 +273,43 @@ class _WaitingPool(ConnectionPool):
             if self._waiters or not self.can_get_connection():
                 await self._wait()
             try:
-                return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+                connection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
             except MaxConnectionsError:
                 continue  # taken between the wake-up and the lock: wait again
+            if self._waiters and self.can_get_connection():
+                self._wake_one()  # more came back than this one: let the next in
+            return connection
 
     async def _wait(self) -> None:
-        waiter = asyncio.get_running_loop().create_future()
+        # A timer of our own, not asyncio.wait_for(): on Python 3.11 wait_for can
+        # swallow a cancellation that lands as the waiter is woken (gh-86296).
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
+        timer = loop.call_later(self.timeout, _expire, waiter)
         try:
-            await asyncio.wait_for(waiter, self.timeout)
-        except TimeoutError:
+            await waiter
+        except _PoolTimeout:
             raise RedisConnectionError("No connection available.") from None
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._wake_one()  # woken, then cancelled: the turn goes to the next
+            raise
         finally:
-            if not waiter.done():
-                waiter.cancel()
+            timer.cancel()
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
-        # Woken by a release: let the next waiter in line try as well if more came back.
 
-    async def release(self, connection: Any) -> None:
-        await super().release(connection)
+    def _wake_one(self) -> None:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
-                break
+                return
+
+    async def release(self, connection: Any) -> None:
+        await super().release(connection)
+        self._wake_one()
 
 
 class _Script:
