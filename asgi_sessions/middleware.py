@@ -472,7 +472,7 @@ class SessionMiddleware:
         before = None if record is None else record.session_id
         before_user = None if record is None else record.user_id
         try:
-            value = await self._apply(action, session, token, now, scope, rotate=rotate)
+            value, ttl = await self._apply(action, session, token, now, scope, rotate=rotate)
             if self._events:
                 await self._emit_commit(
                     action, session, token, before, before_user, scope, rotate=rotate
@@ -481,7 +481,7 @@ class SessionMiddleware:
             logger.info(
                 "session %s was ended during the request; not re-created", fingerprint(token or "")
             )
-            value = None
+            value, ttl = None, 0
         except BackendError as exc:
             if action is not Action.TOUCH:
                 raise
@@ -496,7 +496,8 @@ class SessionMiddleware:
             self._set_cookies(headers, self.cookie.render_delete(seen))
         elif value != token or not stored.browser_session:
             # An unchanged token is re-sent too, so the browser's Max-Age slides.
-            max_age = self.policy.cookie_max_age(stored, now)
+            # What policy.cookie_max_age(stored, now) gives, computed once by _apply.
+            max_age = None if stored.browser_session else ttl
             try:
                 cookies = self.cookie.render(value, max_age, seen)
             except ValueError as exc:
@@ -538,17 +539,18 @@ class SessionMiddleware:
         scope: Scope,
         *,
         rotate: bool,
-    ) -> str | None:
-        """Carry out ``action`` on the backend and return the cookie value now in
-        force (``None`` after a delete). Resets the session's change tracking so a
-        WebSocket can commit again when it closes."""
+    ) -> tuple[str | None, int]:
+        """Carry out ``action`` on the backend; returns the cookie value now in
+        force (``None`` after a delete) and the stored record's TTL in seconds (0
+        after a delete). Resets the session's change tracking so a WebSocket can
+        commit again when it closes."""
         record = session._record
         if action is Action.DELETE:
             assert record is not None
             assert token is not None
             await self.backend.delete(token, record)
             session._record = None
-            return None
+            return None, 0
         if record is None:
             record = SessionRecord(
                 session_id="", data={}, created_at=now, last_seen=now, rotated_at=now
@@ -581,7 +583,7 @@ class SessionMiddleware:
         session._changed = frozenset()
         session._expiry = None
         session._user = _UNSET
-        return value
+        return value, ttl
 
     async def _commit_after_socket(self, session: Session, token: str | None, scope: Scope) -> None:
         """Persist what a WebSocket changed after it was accepted. No cookie can be
@@ -604,7 +606,7 @@ class SessionMiddleware:
         if session._rotate:
             logger.warning("rotate() during a WebSocket is ignored: the new cookie cannot be sent")
         try:
-            value = await self._apply(action, session, token, self.clock(), scope, rotate=False)
+            value, _ = await self._apply(action, session, token, self.clock(), scope, rotate=False)
         except SessionGone:
             logger.info("session %s ended while its WebSocket was open", fingerprint(token))
             return

@@ -314,7 +314,7 @@ async def test_every_write_leaves_a_view_that_matches_the_fields(
     client = client_for(backend, idle_timeout=600, refresh_after=60, clock=clock)
     steps = [
         "/set?a=1&b=2",  # new session: Python's view
-        "/set?b=3",  # delta: the script's view
+        "/set?b=3",  # delta on the view it loaded: Python's view
         "/del?a=",
         "/expiry?s=300",  # metadata change
         "/bind?user=ann",  # rotation: new key from Python, old one retired by the script
@@ -331,6 +331,74 @@ async def test_every_write_leaves_a_view_that_matches_the_fields(
             # The same document (field order and number encodings may differ).
             assert stored == msgpack.unpackb(await rebuilt_view(raw, key), timestamp=3), target
     assert (await client.get("/read")).json() == {"c": "€"}
+
+
+async def stored_view_matches_fields(raw: Redis, backend: RedisBackend) -> dict[str, Any]:
+    (key,) = await keys_of(raw, backend)
+    stored = msgpack.unpackb(await raw.hget(key, "x"), timestamp=3)
+    assert stored == msgpack.unpackb(await rebuilt_view(raw, key), timestamp=3)
+    return stored[4]  # type: ignore[no-any-return]
+
+
+async def test_a_delta_after_another_write_merges_and_rebuilds_the_view(
+    raw: Redis, backend: RedisBackend, redis_url: str
+) -> None:
+    """A delta carries the view it built from the one it loaded; when another
+    process wrote in between, that view would drop the other's change, so the
+    script leaves it out, merges and rebuilds."""
+    a = client_for(backend)
+    await a.get("/set?a=1")
+    other = RedisBackend(redis_url, prefix=backend.prefix)
+    try:
+        b = Client(SessionMiddleware(session_app, backend=other), jar=dict(a.jar))
+        gate = asyncio.Event()
+        loaded = asyncio.Event()
+
+        async def slow(scope: Any, receive: Any, send: Any) -> None:
+            scope["session"]["b"] = "2"  # a delta on the view loaded before B's write
+            loaded.set()
+            await gate.wait()
+            await session_app(scope, receive, send)
+
+        slow_client = Client(SessionMiddleware(slow, backend=backend), jar=dict(a.jar))
+        request = asyncio.ensure_future(slow_client.get("/untouched"))
+        await loaded.wait()
+        assert (await b.get("/set?c=3")).status == 200
+        gate.set()
+        assert (await request).status == 200
+        assert await stored_view_matches_fields(raw, backend) == {"a": "1", "b": "2", "c": "3"}
+        assert (await a.get("/read")).json() == {"a": "1", "b": "2", "c": "3"}
+        # The record the merge left behind carries no view of its own: the next
+        # delta on it lets the script build one (which also reads back right).
+        assert (await a.get("/set?d=4")).status == 200
+        assert (await stored_view_matches_fields(raw, backend))["d"] == "4"
+    finally:
+        await other.aclose()
+
+
+async def test_a_view_is_never_built_from_a_list_changed_in_place(
+    raw: Redis, backend: RedisBackend
+) -> None:
+    """A list the request changed in place without setting it is not saved, so the
+    view of the delta that saves another key must show the stored list."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        session = scope["session"]
+        if scope["path"] == "/init":
+            session["cart"] = [1]
+        else:
+            session["cart"].append(2)  # in place: not saved
+            session["n"] = 1
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    client = Client(SessionMiddleware(app, backend=backend))
+    await client.get("/init")
+    await client.get("/change")
+    assert await stored_view_matches_fields(raw, backend) == {"cart": [1], "n": 1}
+    record = await backend.load(client.jar["session"], now=time.time())
+    assert record is not None
+    assert record.data == {"cart": [1], "n": 1}
 
 
 async def test_a_read_inside_the_schedule_is_one_plain_hget(
@@ -482,6 +550,37 @@ async def test_an_outside_cancel_during_a_redis_call_stays_a_cancel(
             private_redis.resume()
             await short.aclose()
         assert time.monotonic() - started < 0.3 + 0.3 / 20 + 0.5
+    finally:
+        if not private_redis.running:
+            private_redis.start()
+        await backend.aclose()
+
+
+async def test_the_request_path_keeps_the_socket_timeout_and_a_clean_connection(
+    private_redis: Any,
+) -> None:
+    """The load and the scripts skip redis-py's per-call timeouts; the socket
+    timeout still bounds them (through the watchdog), a read it cuts short closes
+    its connection, and the next request on the pool gets its own answer."""
+    backend = RedisBackend(private_redis.url, operation_timeout=5.0, socket_timeout=0.3)
+    try:
+        client = client_for(backend)
+        await client.get("/set?k=v")
+        token = client.jar["session"]
+        private_redis.pause()
+        started = time.monotonic()
+        try:
+            with pytest.raises(BackendUnavailable, match="Timeout reading"):
+                await backend._run(backend._fast.hget("absent", "x"))
+        finally:
+            private_redis.resume()
+        assert time.monotonic() - started < 0.3 + 5.0 / 20 + 0.5
+        record = await backend.load(token, now=time.time())
+        assert record is not None
+        assert record.data == {"k": "v"}
+        pool = backend.client.connection_pool
+        assert not pool._in_use_connections
+        assert all(c.is_connected for c in pool._available_connections)
     finally:
         if not private_redis.running:
             private_redis.start()

@@ -49,6 +49,7 @@ from datetime import timedelta
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from asgi_sessions._bounded import make_room
 from asgi_sessions._log import logger
 from asgi_sessions.backends._tokens import checked_id
 from asgi_sessions.backends.base import Delta, SessionInfo, SessionRecord
@@ -173,8 +174,7 @@ class _MemoryLedger(_Ledger):
         if len(table) >= self._limit:
             for stale in [k for k, (_, until) in table.items() if until <= now]:
                 del table[stale]
-            while len(table) >= self._limit:
-                del table[next(iter(table))]
+            make_room(table, self._limit)
         table[key] = (value, now + ttl)
 
     def _get(self, table: dict[str, tuple[str, float]], key: str) -> str | None:
@@ -556,8 +556,7 @@ class HybridBackend:
         if len(revoked) >= 10_000:
             for stale in [k for k, until in revoked.items() if until <= now]:
                 del revoked[stale]
-            if len(revoked) >= 10_000:
-                del revoked[next(iter(revoked))]
+            make_room(revoked, 10_000)
         revoked[session_id] = now + self.access_ttl + self._tokens.leeway
 
     def _is_revoked(self, session_id: str, now: float) -> bool:

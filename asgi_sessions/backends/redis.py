@@ -48,6 +48,7 @@ import hashlib
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import msgpack
@@ -59,6 +60,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from asgi_sessions._bounded import make_room
 from asgi_sessions._log import logger
 from asgi_sessions.backends._tokens import checked_id, new_token, token_id
 from asgi_sessions.backends.base import Delta, SessionInfo, SessionRecord
@@ -81,6 +83,8 @@ Client = Redis | RedisCluster
 
 _unpackb = msgpack.unpackb
 _CONTAINERS = (list, dict)
+# Session values that cannot change in place: the ones a view can be rebuilt from.
+_UNCHANGEABLE = frozenset({type(None), bool, int, float, str, bytes, datetime})
 # Not a shared Packer: its buffer is not safe to share between threads, and a
 # backend may serve apps on several threads' event loops.
 _packb = msgpack.packb
@@ -147,23 +151,36 @@ end
 return '\\146' .. refreshed .. x
 """
 )
+# A save. ARGV: mode (n new, r replace, u delta), TTL in ms, the number of field
+# pairs, the view this request loaded ('' when unknown), the field pairs, then the
+# fields to delete. A new or replaced record arrives with its view as its last pair.
+# So may a delta, built from the loaded view: it is right only if nobody wrote since
+# (the stored view is still the loaded one); otherwise the pair is left out, the
+# delta merges into what other requests stored, and the view is rebuilt from it.
+# Returns 1 saved, 2 saved by a merge (the view was rebuilt), 0 the new key exists,
+# -1 the session is gone or is a grace alias.
 _SAVE = (
     _VIEW
     + """
+local last = 4 + 2 * tonumber(ARGV[3])
+local upto, result = last, 1
 if ARGV[1] == 'n' then
   if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 else
-  local s = redis.call('HMGET', KEYS[1], 'm', 'a')
+  local s = redis.call('HMGET', KEYS[1], 'm', 'a', 'x')
   if not s[1] or s[2] then return -1 end
-  if ARGV[1] == 'r' then redis.call('DEL', KEYS[1]) end
+  if ARGV[1] == 'r' then
+    redis.call('DEL', KEYS[1])
+  elseif ARGV[4] == '' or s[3] ~= ARGV[4] then
+    if ARGV[4] ~= '' then upto = last - 2 end
+    result = 2
+  end
 end
-local last = 3 + 2 * tonumber(ARGV[3])
-if last > 3 then redis.call('HSET', KEYS[1], unpack(ARGV, 4, last)) end
+if upto > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5, upto)) end
 if #ARGV > last then redis.call('HDEL', KEYS[1], unpack(ARGV, last + 1, #ARGV)) end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
--- A new or replaced record arrives with its view; a delta must merge into the stored data.
-if ARGV[1] == 'u' then view(KEYS[1]) end
-return 1
+if result == 2 then view(KEYS[1]) end
+return result
 """
 )
 _TOUCH = (
@@ -261,7 +278,9 @@ class _WaitingPool(ConnectionPool):
     ``timeout`` seconds for one to come back, as redis-py's BlockingConnectionPool
     does, but takes a free connection the plain pool's way: BlockingConnectionPool
     enters an ``asyncio.Condition`` and an ``asyncio.timeout()`` on every command,
-    which cost about 27 µs per request in the in-process benchmark."""
+    which cost about 27 µs per request in the in-process benchmark. Taking and
+    returning a connection skip the plain pool's lock and metrics hooks too (about
+    10 µs a command)."""
 
     def __init__(self, *, timeout: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -272,13 +291,24 @@ class _WaitingPool(ConnectionPool):
         while True:
             if self._waiters or not self.can_get_connection():
                 await self._wait()
+            # No lock, unlike ConnectionPool: nothing awaits between the check and
+            # the take, so no other task can come between them.
             try:
-                connection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+                connection = self.get_available_connection()  # type: ignore[no-untyped-call]
             except MaxConnectionsError:
-                continue  # taken between the wake-up and the lock: wait again
-            if self._waiters and self.can_get_connection():
-                self._wake_one()  # more came back than this one: let the next in
-            return connection
+                continue  # taken between the wake-up and here: wait again
+            break
+        if self._waiters and self.can_get_connection():
+            self._wake_one()  # more came back than this one: let the next in
+        try:
+            # ensure_connection() for a connection that is up and clean, without
+            # the retry wrapper its connect() enters even then.
+            if not connection.is_connected or await connection.can_read():
+                await self.ensure_connection(connection)
+        except BaseException:
+            await self.release(connection)
+            raise
+        return connection
 
     async def _wait(self) -> None:
         # A timer of our own, not asyncio.wait_for(): on Python 3.11 wait_for can
@@ -308,7 +338,14 @@ class _WaitingPool(ConnectionPool):
                 return
 
     async def release(self, connection: Any) -> None:
-        await super().release(connection)
+        # ConnectionPool.release, without the lock (nothing awaits until the
+        # connection is back) and without its after-release event and metrics: this
+        # pool is the backend's own, made from a URL, so no credential provider or
+        # maintenance-notification handler listens for them.
+        self._in_use_connections.remove(connection)
+        if connection.should_reconnect():
+            await connection.disconnect()
+        self._available_connections.append(connection)
         self._wake_one()
 
 
@@ -320,11 +357,110 @@ class _Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
-    async def __call__(self, client: Client, key: str, *args: Any) -> Any:
+    async def __call__(self, client: Client | _Lane, key: str, *args: Any) -> Any:
         try:
             return await client.evalsha(self.sha, 1, key, *args)
         except NoScriptError:
             return await client.eval(self.source, 1, key, *args)
+
+
+def _bulk(args: Sequence[Any]) -> list[bytes]:
+    """The RESP bulk strings of ``args`` (bytes, str, int or float, encoded as
+    redis-py's encoder does), each without its closing CRLF."""
+    parts = []
+    for arg in args:
+        if type(arg) is not bytes:
+            if type(arg) is str:
+                arg = arg.encode()
+            elif type(arg) is float:
+                arg = repr(arg).encode()
+            else:
+                arg = b"%d" % arg
+        parts.append(b"$%d\r\n%b" % (len(arg), arg))
+    return parts
+
+
+def _pack(*args: Any) -> bytes:
+    """One command in RESP, as redis-py's ``pack_command`` makes it, without its
+    per-argument encoder calls."""
+    return b"*%d\r\n%b\r\n" % (len(args), b"\r\n".join(_bulk(args)))
+
+
+async def _exchange(connection: Any, packed: bytes) -> Any:
+    # The per-call timeouts redis-py wraps around a write (``asyncio.wait_for``, a task
+    # per command) and a read (``asyncio.timeout``) are left out: the backend's watchdog
+    # bounds the whole call instead. A read cut short by it disconnects, as any
+    # interrupted read does in redis-py, so no connection returns to the pool mid-reply.
+    if not connection.is_connected:
+        await connection.connect()
+    connection._writer.write(packed)
+    return await connection.read_response(timeout=math.inf)
+
+
+# The packed "EVALSHA <sha> 1" that starts each script's command, by SHA.
+_EVALSHA_HEADS: dict[str, bytes] = {}
+
+
+class _Lane:
+    """The commands of the request path (the load's HGET and the scripts), sent on the
+    connections of a plain or Sentinel client's pool, one packed write and one read
+    each. A ``redis.asyncio.Redis`` call spends about 40 µs of its own (a task for its
+    write timeout, a timer for its read timeout, metrics hooks) on a small VM, where
+    a loopback round trip costs 50 to 130 µs. Retries follow the connection's own
+    ``Retry``; the client's ``socket_timeout`` bounds each attempt, through the
+    backend's watchdog. A Cluster client keeps redis-py's own path (its routing)."""
+
+    __slots__ = ("backend", "pool")
+
+    def __init__(self, backend: RedisBackend, client: Redis) -> None:
+        self.backend = backend
+        self.pool = client.connection_pool
+
+    async def call(self, packed: bytes) -> Any:
+        pool = self.pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            timeout = connection.socket_timeout
+            if not timeout:
+                return await connection.retry.call_with_retry(
+                    lambda: _exchange(connection, packed), connection.disconnect
+                )
+            watchdog = self.backend._watchdog
+            assert watchdog is not None  # every call runs inside RedisBackend._run
+            task = asyncio.current_task()
+            assert task is not None
+            entry: list[Any] = [task, watchdog.loop.time() + timeout, task.cancelling(), False]
+            watchdog.pending[id(entry)] = entry
+            try:
+                return await connection.retry.call_with_retry(
+                    lambda: _exchange(connection, packed), connection.disconnect
+                )
+            except asyncio.CancelledError:
+                if entry[3] and task.uncancel() <= entry[2]:
+                    raise RedisTimeoutError(
+                        f"Timeout reading from Redis after {timeout}s"
+                    ) from None
+                raise
+            finally:
+                del watchdog.pending[id(entry)]
+        finally:
+            await pool.release(connection)
+
+    def hget(self, key: str, field: str) -> Awaitable[Any]:
+        return self.call(_pack(b"HGET", key, field))
+
+    def delete(self, key: str) -> Awaitable[Any]:
+        return self.call(_pack(b"DEL", key))
+
+    def evalsha(self, sha: str, numkeys: int, key: str, *args: Any) -> Awaitable[Any]:
+        head = _EVALSHA_HEADS.get(sha)
+        if head is None:
+            head = _EVALSHA_HEADS[sha] = b"\r\n".join(_bulk((b"EVALSHA", sha, numkeys)))
+        body = b"\r\n".join(_bulk((key, *args)))
+        return self.call(b"*%d\r\n%b\r\n%b\r\n" % (len(args) + 4, head, body))
+
+    def eval(self, source: str, numkeys: int, key: str, *args: Any) -> Awaitable[Any]:
+        return self.call(_pack(b"EVAL", source, numkeys, key, *args))
 
 
 _load, _save, _touch, _retire, _index = map(_Script, (_LOAD, _SAVE, _TOUCH, _RETIRE, _INDEX))
@@ -405,11 +541,11 @@ def _next_due(record: SessionRecord) -> float | None:
     return record.last_seen + record.sliding[0]
 
 
-def _schedule(record: SessionRecord) -> list[bytes]:
+def _schedule(record: SessionRecord, due: float | None) -> list[bytes]:
     """The fields the load script refreshes by: ``t``, when the next refresh is due
-    (read on every load, so a bare number), and ``z``, "period idle cap" (read
-    only when one is due); none when the session never slides."""
-    due = _next_due(record)
+    (``due``, from :func:`_next_due`; read on every load, so a bare number), and
+    ``z``, "period idle cap" (read only when one is due); none when the session
+    never slides."""
     if due is None:
         return []
     assert record.sliding is not None
@@ -546,6 +682,8 @@ class RedisBackend:
                 "pass a client created with decode_responses=False (the default)"
             )
         self.client: Client = client
+        # The request path's commands: lean on a plain or Sentinel client.
+        self._fast: Client | _Lane = _Lane(self, client) if isinstance(client, Redis) else client
         self.prefix = prefix
         self.rotation_grace = rotation_grace
         self.max_sessions_per_user = max_sessions_per_user
@@ -641,10 +779,10 @@ class RedisBackend:
             if policy is None or (due is not None and now < due):
                 # No refresh can be due (this process saw the schedule): one plain
                 # HGET of the view, several times cheaper on the server than a script.
-                raw = await self._run(self.client.hget(key, "x"))
+                raw = await self._run(self._fast.hget(key, "x"))
             else:
                 seen = _packb([now, ip, user_agent])
-                raw = await self._run(_load(self.client, key, repr(now).encode(), seen))
+                raw = await self._run(_load(self._fast, key, repr(now).encode(), seen))
                 if raw:
                     refreshed, raw = raw[1] == 0xC3, raw[2:]
         except BackendUnavailable as exc:
@@ -662,7 +800,7 @@ class RedisBackend:
             logger.warning(
                 "session %s: stored record is corrupt (%s); removed", session_id[:12], exc
             )
-            await self._run(self.client.delete(key))
+            await self._run(self._fast.delete(key))
             return None
         return record
 
@@ -674,8 +812,7 @@ class RedisBackend:
         parsed = views.get(view)
         if parsed is None:
             parsed = self._decode(view)
-            if len(views) >= self._cache_size:
-                del views[next(iter(views))]  # oldest first: O(1), and a bound
+            make_room(views, self._cache_size)
             views[view] = parsed
         meta, created, rotated, idle, fixed, browser, user, seen, ip, agent, due, alias, flat = (
             parsed
@@ -683,7 +820,7 @@ class RedisBackend:
         # Flat data (no list or dict inside) is copied; nested data is decoded again,
         # so a request never shares a mutable value with the cache or another request.
         data = flat.copy() if flat is not None else self.serializer.unpack(view)[4]
-        extra: dict[str, Any] = {"meta": meta}
+        extra: dict[str, Any] = {"meta": meta, "view": view}
         if alias is not None:
             extra["alias_of"] = alias
         self._remember(session_id, due)
@@ -738,9 +875,8 @@ class RedisBackend:
         """Note when the session's next sliding refresh is due (None: never), so
         loads before then skip the script."""
         cache = self._due
-        if len(cache) >= self._due_size and session_id not in cache:
-            # Oldest first (a dict keeps insertion order): O(1), and a bound.
-            del cache[next(iter(cache))]
+        if session_id not in cache:
+            make_room(cache, self._due_size)
         cache[session_id] = math.inf if due is None else due
 
     async def save(
@@ -758,7 +894,8 @@ class RedisBackend:
         seen = _seen_field(record)
         fields: list[bytes] = [b"s", seen]
         removed: list[bytes] = []
-        schedule = _schedule(record)
+        due = _next_due(record)
+        schedule = _schedule(record, due)
         if schedule:
             fields += schedule
         else:
@@ -767,29 +904,54 @@ class RedisBackend:
         if full or meta != record.extra.get("meta"):
             packed_meta = _packb(meta)
             fields += (b"m", packed_meta)
+        else:
+            packed_meta = b""
         updates = record.data if full else delta.updates
         first_data = len(fields)
         for name, value in updates.items():
             blob = dumps(name, value)  # first: it names a key that cannot be stored
             fields += (_packb(name), blob)
+        # The view to store with the record: known here for a whole record, and for
+        # a delta when this request loaded the view it changes (record.data is then
+        # the loaded data with this request's changes). The script keeps a delta's
+        # only if nobody wrote since the load, and otherwise rebuilds it.
+        loaded = b"" if full else record.extra.get("view", b"")
         if full:
-            # The whole record is known here, so its view is too (the script builds
-            # one only to merge a delta into what other requests stored).
-            fields += (
-                b"x",
-                b"".join(
-                    (
-                        b"\x95",
-                        packed_meta,
-                        seen,
-                        _packb(_next_due(record)),
-                        b"\xc0",
-                        _map_header(len(updates)),
-                        *fields[first_data:],
-                    )
-                ),
+            data_parts = fields[first_data:]
+        elif loaded:
+            data_parts = []
+            blobs = dict(zip(fields[first_data::2], fields[first_data + 1 :: 2], strict=True))
+            for name, value in record.data.items():
+                packed_name = _packb(name)
+                stored = blobs.get(packed_name)
+                if stored is not None:
+                    blob = stored
+                else:
+                    if type(value) not in _UNCHANGEABLE:
+                        # A list or dict this request did not set may have been
+                        # changed in place, which is not saved: the view must show
+                        # the stored value, so the script rebuilds it.
+                        loaded = b""
+                        break
+                    blob = dumps(name, value)
+                data_parts += (packed_name, blob)
+            packed_meta = packed_meta or _packb(meta)
+        if full or loaded:
+            view = b"".join(
+                (
+                    b"\x95",
+                    packed_meta,
+                    seen,
+                    _packb(due),
+                    b"\xc0",
+                    _map_header(len(data_parts) // 2),
+                    *data_parts,
+                )
             )
+            fields += (b"x", view)
         else:
+            view = b""
+        if not full:
             removed += [_field(name) for name in delta.removed]
         count = len(fields) // 2
         ttl_ms = ttl * 1000
@@ -797,34 +959,37 @@ class RedisBackend:
             mode = b"r" if delta.replace else b"u"
             result = await self._run(
                 _save(
-                    self.client,
+                    self._fast,
                     self._key(record.session_id),
                     mode,
                     ttl_ms,
                     count,
+                    loaded,
                     *fields,
                     *removed,
                 )
             )
-            if result != 1:
+            if result != 1 and result != 2:
                 self._due.pop(record.session_id, None)
                 raise SessionGone("session no longer exists")
             record.extra["meta"] = meta
-            self._remember(record.session_id, _next_due(record))
+            # The stored view, for a later commit of this record (a WebSocket's).
+            record.extra["view"] = view if result == 1 else b""
+            self._remember(record.session_id, due)
             return token
         # A new session, or a rotation: create the new key without ever overwriting.
         old_id = record.session_id
         while True:
             new = new_token()
             new_id = token_id(new)
-            create = _save(self.client, self._key(new_id), b"n", ttl_ms, count, *fields)
+            create = _save(self._fast, self._key(new_id), b"n", ttl_ms, count, b"", *fields)
             if token is None:
                 created = await self._run(create)
             else:
                 created, retired = await self._run(
                     asyncio.gather(
                         create,
-                        _retire(self.client, self._key(old_id), new_id, self.rotation_grace * 1000),
+                        _retire(self._fast, self._key(old_id), new_id, self.rotation_grace * 1000),
                     )
                 )
                 if retired != 1:
@@ -837,26 +1002,28 @@ class RedisBackend:
             logger.error("session ID collision on create; retrying")  # 2**-256: a broken RNG
         self._due.pop(old_id, None)
         record.session_id = new_id
-        record.extra = {"meta": meta}
-        self._remember(new_id, _next_due(record))
+        record.extra = {"meta": meta, "view": view}
+        self._remember(new_id, due)
         if record.user_id is not None:
             await self._bind(record, now)
         return new
 
     async def touch(self, token: str, record: SessionRecord, *, now: float, ttl: int) -> str | None:
+        due = _next_due(record)
         result = await self._run(
             _touch(
-                self.client,
+                self._fast,
                 self._key(record.session_id),
                 ttl * 1000,
                 _seen_field(record),
-                *_schedule(record),
+                *_schedule(record, due),
             )
         )
         if result != 1:
             self._due.pop(record.session_id, None)
             raise SessionGone("session no longer exists")
-        self._remember(record.session_id, _next_due(record))
+        record.extra["view"] = b""  # the script rebuilt it
+        self._remember(record.session_id, due)
         return None
 
     async def delete(self, token: str, record: SessionRecord) -> None:
