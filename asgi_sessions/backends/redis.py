@@ -31,9 +31,17 @@ several times a plain read, which is why the common read avoids one. A stale due
 harmless: the schedule only moves later, except when another process shortens it, and
 then the middleware sees the refresh due in the record and touches. A commit is one
 EVALSHA that checks the session still exists and is not an alias, writes only the
-changed data fields, sets the TTL and rebuilds the view (a new or replaced record
-arrives with its view, built here). So two requests that change different keys both
-land; for the same key the last commit wins. A rotation writes the new key and turns the
+changed data fields and sets the TTL. A new or replaced record arrives with its view,
+built here; so does a delta, built from the view the request loaded, which the script
+keeps only if the stored view is still that one (nobody wrote since), and otherwise
+leaves out: it merges the delta into what the other requests stored and rebuilds the
+view from the fields. So two requests that change different keys both land; for the
+same key the last commit wins.
+
+On a plain or Sentinel client these commands skip redis-py's command layer (see
+``_Lane``): one packed write and one read on a pooled connection, bounded by this
+backend's watchdog. Everything else, and every command on a Cluster client, goes
+through redis-py as usual. A rotation writes the new key and turns the
 old one into a read-only alias (two single-key scripts sent concurrently: old and new
 hash to different Cluster slots, so there is never a cross-slot transaction); binding a
 user also updates the user's index.
