@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from tests.backends import make_server_backend  # noqa: F401 - a fixture
+from tests.figures import FIGURES
 from tests.redis_servers import (  # noqa: F401 - fixtures: imported so that pytest registers them
     private_redis,
     redis_cluster,
@@ -42,3 +43,7 @@ SCREENSHOTS: list[str] = []
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for folder in SCREENSHOTS:
         terminalreporter.write_line(f"browser test screenshots: {folder}")
+    if FIGURES:
+        terminalreporter.section("figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
