@@ -65,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("user")
     p.add_argument("--keep", metavar="SESSION_ID", help="leave this one session alive")
     p = commands.add_parser(
+        "revoke-all", parents=[common], help="end every session under the prefix (all users)"
+    )
+    p.add_argument("--yes", action="store_true", help="confirm: every user is logged out")
+    p = commands.add_parser(
         "inspect",
         parents=[common],
         help="show what a cookie value holds (a JWT's claims, unverified; a server-side "
@@ -155,6 +159,10 @@ async def _command(args: argparse.Namespace, backend: Any) -> str:
         return _show(args, {"revoked": 1})
     if args.command == "revoke-user":
         return _show(args, {"revoked": await backend.revoke_user(args.user, keep=args.keep)})
+    if args.command == "revoke-all":
+        if not args.yes:
+            raise _Fail("revoke-all logs every user out; run it again with --yes to confirm")
+        return _show(args, {"revoked": await backend.revoke_all()})
     if args.command == "inspect":
         return _show(args, await _inspect(backend, args.cookie))
     if args.command == "count":

@@ -17,7 +17,7 @@ from asgi_sessions.backends.redis import RedisBackend
 from asgi_sessions.cli import amain
 from tests.asgi import Client, session_app
 
-COMMANDS = ["list", "revoke", "revoke-user", "inspect", "count", "prune"]
+COMMANDS = ["list", "revoke", "revoke-user", "revoke-all", "inspect", "count", "prune"]
 
 
 async def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -92,6 +92,17 @@ async def test_list_inspect_revoke_count_prune(
     assert json.loads(out)["pruned"] >= 0
     status, out, _ = await run(capsys, "prune", *base, "--json")
     assert json.loads(out) == {"pruned": 0}  # nothing stale left
+
+    status, _, err = await run(capsys, "revoke-all", *base)
+    assert status == 2
+    assert "--yes" in err
+    assert (await clients[3].get("/read")).json() == {"user": "bob"}
+    status, out, _ = await run(capsys, "revoke-all", "--yes", *base, "--json")
+    assert status == 0
+    assert json.loads(out) == {"revoked": 2}  # ann's kept one and bob's
+    assert (await clients[3].get("/read")).json() == {}
+    status, out, _ = await run(capsys, "count", *base, "--json")
+    assert json.loads(out) == {"grace_aliases": 0, "live_sessions": 0}
 
 
 @pytest.mark.anyio

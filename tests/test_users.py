@@ -103,6 +103,34 @@ async def test_revoke_all_and_revoke_all_but_current(
     assert (await other.get("/read")).json() == {"cart": "1", "user": "bob"}
 
 
+async def test_revoke_all_ends_every_users_sessions_and_nothing_else_of_the_app(
+    make_backend: Factory, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ASVS 7.4.5: an administrator ends everyone's sessions: bound or anonymous,
+    and grace aliases; new logins afterwards work."""
+    backend = make_backend(rotation_grace=30)
+    ann = await login(backend, clock, "ann's")
+    bob = await login(backend, clock, "bob's", user="bob")
+    before = bob.jar["session"]
+    await bob.get("/rotate")  # leaves a grace alias
+    anonymous = device(backend, clock, "anonymous")
+    await anonymous.get("/set?cart=2")
+    other = make_backend()  # another app's backend (its own prefix or store)
+    bystander = await login(other, clock, "elsewhere", user="ann")
+    assert await backend.revoke_all() == 3
+    for client in (ann, bob, anonymous):
+        assert (await client.get("/read")).json() == {}
+    assert (await bob.get("/read", cookie=f"session={before}".encode())).json() == {}
+    assert await backend.list_sessions("ann") == []
+    assert await backend.list_sessions("bob") == []
+    assert (await bystander.get("/read")).json() == {"cart": "1", "user": "ann"}
+    again = await login(backend, clock, "ann's again")
+    assert (await again.get("/read")).json() == {"cart": "1", "user": "ann"}
+    assert len(await backend.list_sessions("ann")) == 1
+    assert await backend.revoke_all() == 1
+    assert all(client.jar.get("session", "") not in caplog.text for client in (ann, bob))
+
+
 async def test_revoke_all_also_ends_grace_aliases(make_backend: Factory, clock: FakeClock) -> None:
     backend = make_backend(rotation_grace=30)
     client = await login(backend, clock, "phone")

@@ -124,6 +124,8 @@ class _Store(Protocol):
 
     async def revoke_user(self, user_id: str, *, keep: str | None = None) -> int: ...
 
+    async def revoke_all(self) -> int: ...
+
     async def _user_ids(self, user_id: str) -> list[str]: ...
 
 
@@ -312,6 +314,8 @@ class HybridBackend:
         # What this process revoked (session ID -> until when its access tokens may
         # still be presented), so they stop here at once.
         self._revoked: dict[str, float] = {}
+        # revoke_all(): access tokens issued before this second stop here at once.
+        self._revoked_before = -math.inf
 
     # -- the SessionBackend protocol ------------------------------------------------
 
@@ -337,7 +341,9 @@ class HybridBackend:
             raise InvalidToken("token is not valid yet (iat or nbf in the future)")
         family = entry.family or session_id
         expires = entry.exp_limit - self._tokens.leeway
-        if now < expires - self.refresh_margin:
+        # After revoke_all() an access token issued before it is not enough: the
+        # store decides (iat is whole seconds, so one of that same second asks too).
+        if now < expires - self.refresh_margin and entry.issued >= self._revoked_before:
             if self._is_revoked(session_id, now):
                 return None
             if self.check_revocation and not await self.store.exists(session_id):
@@ -413,6 +419,14 @@ class HybridBackend:
             if session_id != keep:
                 self._mark_revoked(session_id)
         return await self.store.revoke_user(user_id, keep=keep)
+
+    async def revoke_all(self) -> int:
+        """End every session in the store (see the store's ``revoke_all``). This
+        process refuses every access token issued before now at once; other
+        processes refuse them at their next refresh (within ``access_ttl``), or at
+        once with ``check_revocation``."""
+        self._revoked_before = math.floor(self.clock()) + 1
+        return await self.store.revoke_all()
 
     # -- internals -----------------------------------------------------------------
 

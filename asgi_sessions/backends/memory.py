@@ -260,6 +260,24 @@ class MemoryBackend:
                 await self.events.emit(SessionEvent("revoked", session_hash(key), user_id))
         return ended
 
+    async def revoke_all(self) -> int:
+        """End every session in the store, bound to a user or not, and every grace
+        alias; returns how many live sessions ended."""
+        now = self.clock()
+        ended = [
+            (key, entry.meta.user_id)
+            for key, entry in self._entries.items()
+            if entry.alias_of is None and entry.expires_at > now
+        ]
+        self._entries.clear()
+        self._users.clear()
+        if self.events:
+            for key, user_id in ended:
+                await self.events.emit(
+                    SessionEvent("revoked", session_hash(key), user_id, reason="all sessions")
+                )
+        return len(ended)
+
     # -- internals -----------------------------------------------------------------
 
     def _live(self, key: str, now: float) -> _Entry:

@@ -1199,3 +1199,48 @@ class RedisBackend:
                             SessionEvent("revoked", session_hash(session_id), user_id)
                         )
         return ended
+
+    async def revoke_all(self) -> int:
+        """End every session under this backend's prefix, bound to a user or not,
+        with their grace aliases and the per-user indexes; returns how many live
+        sessions ended. One SCAN pass (every master of a Cluster) and single-key
+        deletes in batches; a session created while it runs may survive it.
+        Raises :class:`BackendUnavailable` when Redis fails."""
+        ended = 0
+        start = len(self.prefix) + 2
+        try:
+            batch: list[str] = []
+            async for key in self.client.scan_iter(match=f"{self.prefix}s:*", count=1000):
+                batch.append(key.decode()[start:])
+                if len(batch) >= 500:
+                    ended += await self._end_all(batch)
+                    batch = []
+            ended += await self._end_all(batch)
+            indexes = [
+                key async for key in self.client.scan_iter(match=f"{self.prefix}u:*", count=1000)
+            ]
+        except RedisError as exc:
+            raise BackendUnavailable(f"Redis failed: {type(exc).__name__}: {exc}") from exc
+        for first in range(0, len(indexes), 500):
+            await self._run(
+                asyncio.gather(*(self.client.delete(k) for k in indexes[first : first + 500]))
+            )
+        return ended
+
+    async def _end_all(self, ids: list[str]) -> int:
+        if not ids:
+            return 0
+        self._due.clear()
+        states = await self._states(ids)
+        await self._run(asyncio.gather(*(self.client.delete(self._key(i)) for i in ids)))
+        live = [
+            (i, state) for i, state in zip(ids, states, strict=True) if state and not state.alias_of
+        ]
+        if self.events:
+            for session_id, state in live:
+                await self.events.emit(
+                    SessionEvent(
+                        "revoked", session_hash(session_id), state.user_id, reason="all sessions"
+                    )
+                )
+        return len(live)
