@@ -431,7 +431,8 @@ class _Lane:
             timeout = connection.socket_timeout
             if not timeout:
                 return await connection.retry.call_with_retry(
-                    lambda: _exchange(connection, packed), connection.disconnect
+                    lambda: _exchange(connection, packed),
+                    lambda error: connection.disconnect(error=error),
                 )
             watchdog = self.backend._watchdog
             assert watchdog is not None  # every call runs inside RedisBackend._run
@@ -441,7 +442,8 @@ class _Lane:
             watchdog.pending[id(entry)] = entry
             try:
                 return await connection.retry.call_with_retry(
-                    lambda: _exchange(connection, packed), connection.disconnect
+                    lambda: _exchange(connection, packed),
+                    lambda error: connection.disconnect(error=error),
                 )
             except asyncio.CancelledError:
                 if entry[3] and task.uncancel() <= entry[2]:
