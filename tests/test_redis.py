@@ -32,7 +32,12 @@ async def raw(redis_url: str) -> AsyncIterator[Redis]:
 
 @pytest.fixture
 async def backend(redis_url: str) -> AsyncIterator[RedisBackend]:
-    backend = RedisBackend(redis_url, prefix=f"t{uuid.uuid4().hex[:12]}:")
+    # Timeouts well above the defaults: these tests are not about timeouts, and a
+    # burst of 200 requests on a loaded two-core CI machine can keep a reply waiting
+    # in the event loop for longer than the default 0.5 s socket timeout.
+    backend = RedisBackend(
+        redis_url, prefix=f"t{uuid.uuid4().hex[:12]}:", socket_timeout=3.0, operation_timeout=6.0
+    )
     yield backend
     await backend.aclose()
 
