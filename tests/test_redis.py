@@ -148,6 +148,41 @@ async def test_a_slow_request_during_logout_does_not_resurrect(
     assert (await client.get("/read", cookie=cookie)).json() == {}
 
 
+async def test_a_rotation_that_fails_half_way_leaves_no_orphan_session(
+    raw: Redis, backend: RedisBackend
+) -> None:
+    """A login's rotation writes the new key and retires the old one side by side
+    (different Cluster slots). When the retirement fails (here: the old key turned
+    into a string while the request ran), the request gets the 503 and the new key
+    is deleted: nothing in Redis that no cookie leads to."""
+    loaded = asyncio.Event()
+    broken = asyncio.Event()
+
+    async def login(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        loaded.set()
+        await broken.wait()
+        scope["session"].rotate()
+        scope["session"]["user"] = "ann"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    client = client_for(backend)
+    await client.get("/set?k=v")
+    cookie = f"session={client.jar['session']}".encode()
+    in_flight = asyncio.create_task(
+        Client(SessionMiddleware(login, backend=backend)).get("/", cookie=cookie)
+    )
+    await loaded.wait()
+    (old,) = await keys_of(raw, backend)
+    await raw.delete(old)
+    await raw.set(old, b"not a hash", px=60_000)
+    broken.set()
+    response = await in_flight
+    assert response.status == 503
+    assert response.set_cookies == []
+    assert await keys_of(raw, backend) == [old]  # only the broken key the test made
+
+
 async def test_grace_alias_reads_but_never_forks_then_dies(raw: Redis, redis_url: str) -> None:
     backend = RedisBackend(redis_url, prefix=f"t{uuid.uuid4().hex[:12]}:", rotation_grace=1)
     try:

@@ -73,6 +73,7 @@ from asgi_sessions._log import logger
 from asgi_sessions.backends._tokens import checked_id, new_token, token_id
 from asgi_sessions.backends.base import Delta, SessionInfo, SessionRecord
 from asgi_sessions.errors import (
+    BackendError,
     BackendUnavailable,
     ConfigurationError,
     SerializationError,
@@ -996,17 +997,24 @@ class RedisBackend:
             if token is None:
                 created = await self._run(create)
             else:
-                created, retired = await self._run(
-                    asyncio.gather(
-                        create,
-                        _retire(self._fast, self._key(old_id), new_id, self.rotation_grace * 1000),
-                    )
+                retire = _retire(self._fast, self._key(old_id), new_id, self.rotation_grace * 1000)
+                outcomes: tuple[Any, Any] = await asyncio.gather(
+                    self._run(create), self._run(retire), return_exceptions=True
                 )
+                created, retired = outcomes
                 if retired != 1:
-                    # Logged out or revoked meanwhile: the new key must not outlive it.
+                    # Logged out or revoked meanwhile, or the store failed half-way: the
+                    # new key must not outlive a rotation that did not happen (no cookie
+                    # would ever lead to it).
                     if created == 1:
-                        await self._run(self.client.delete(self._key(new_id)))
+                        with contextlib.suppress(BackendError):
+                            await self._run(self.client.delete(self._key(new_id)))
+                    for outcome in (retired, created):
+                        if isinstance(outcome, BaseException):
+                            raise outcome
                     raise SessionGone("session no longer exists")
+                if isinstance(created, BaseException):
+                    raise created
             if created == 1:
                 break
             logger.error("session ID collision on create; retrying")  # 2**-256: a broken RNG
