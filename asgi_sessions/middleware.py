@@ -478,6 +478,17 @@ class SessionMiddleware:
                     action, session, token, before, before_user, scope, rotate=rotate
                 )
         except SessionGone:
+            if token is not None and await self._rotated_away(token, now):
+                # A parallel request of this browser rotated the session first (a login
+                # submitted twice, a write in flight during a login): the browser has or
+                # gets the winner's cookie, so this response leaves it alone, as one on
+                # the grace alias does. Expiring it here would log the browser out.
+                logger.info(
+                    "session %s was rotated by a parallel request; this one's changes are "
+                    "discarded",
+                    fingerprint(token),
+                )
+                return token
             logger.info(
                 "session %s was ended during the request; not re-created", fingerprint(token or "")
             )
@@ -504,6 +515,15 @@ class SessionMiddleware:
                 raise SessionTooLarge(f"the session does not fit in cookies: {exc}") from None
             self._set_cookies(headers, cookies)
         return value
+
+    async def _rotated_away(self, token: str, now: float) -> bool:
+        """Whether ``token``, whose session a commit just found gone, is now the grace
+        alias of a rotation (rather than ended by a logout or revoke)."""
+        try:
+            record = await self.backend.load(token, now=now)
+        except InvalidToken:
+            return False
+        return record is not None and record.read_only
 
     async def _emit_commit(
         self,

@@ -335,3 +335,120 @@ async def test_50000_concurrent_session_creations_are_distinct_and_none_overwrit
     finally:
         await backend.aclose()
         await raw.aclose()
+
+
+# -- 4. two logins at once from one anonymous session -----------------------------------------
+
+
+def browser_after(jar: dict[str, str], *responses: Response) -> dict[str, str]:
+    """The cookie jar of a browser that applies ``responses`` in this order."""
+    jar = dict(jar)
+    for response in responses:
+        for header in response.set_cookies:
+            name, _, rest = header.partition("=")
+            if "Max-Age=0" in header:
+                jar.pop(name, None)
+            else:
+                jar[name] = rest.split(";", 1)[0]
+    return jar
+
+
+def both_loaded_first(barrier: asyncio.Barrier) -> App:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await barrier.wait()  # both requests loaded the pre-login session
+        await session_app(scope, receive, send)
+
+    return app
+
+
+async def test_two_parallel_logins_from_one_anonymous_session_leave_one_live_session(
+    store: Store,
+) -> None:
+    """A login submitted twice: both requests carry the same anonymous cookie, both
+    loaded it before either commits, and both bind the same user (a rotation).
+
+    The outcome, every time: exactly one live session. One request wins the
+    rotation and hands out its cookie; the other finds the old ID already rotated,
+    discards its changes and sends no cookie (as a request on the grace alias does),
+    so a browser that applies the two responses in either order is logged in with the
+    winner's cookie. The loser's new key is removed and never indexed; after the
+    grace the old cookie is anonymous: no orphan key, no orphan index entry."""
+    trials = scaled(10)
+
+    async def trial(i: int) -> tuple[str, str, str]:
+        old = await seeded(store, f"/set?cart={i}")
+        client = Client(store.app(both_loaded_first(asyncio.Barrier(2))))
+        first, second = await asyncio.gather(
+            client.get(f"/bind?user=u{i}", cookie=cookie_of(old)),
+            client.get(f"/bind?user=u{i}", cookie=cookie_of(old)),
+        )
+        assert (first.status, second.status) == (200, 200)
+        assert not expires(first)
+        assert not expires(second)
+        (winner,) = issued(first) + issued(second)  # one response hands out a cookie
+        for order in ((first, second), (second, first)):
+            assert browser_after({"session": old}, *order) == {"session": winner}
+        return old, winner, f"u{i}"
+
+    async with asyncio.timeout(60):
+        results = await asyncio.gather(*(trial(i) for i in range(trials)))
+    reader = Client(store.app())
+    for i, (old, winner, user) in enumerate(results):
+        assert (await reader.get("/read", cookie=cookie_of(winner))).json() == {
+            "cart": str(i),
+            "user": user,
+        }
+        sessions = await store.sessions()
+        assert sessions[token_id(old)] == token_id(winner)  # the grace alias, read-only
+        assert await store.index(user) == {token_id(winner)}
+    await store.later(1.2)  # past the one-second grace
+    stored = await store.sessions()
+    winners = {token_id(winner) for _, winner, _ in results}
+    report(
+        f"test_two_parallel_logins_from_one_anonymous_session_leave_one_live_session[{store.kind}]",
+        trials=trials,
+        live_sessions_per_login=len(stored) / trials,
+        orphan_keys=len(set(stored) - winners),
+        old_cookie_expired_after_grace=True,
+    )
+    assert stored == dict.fromkeys(winners)  # only the winners, live; nothing else
+    for old, winner, user in results:
+        assert (await reader.get("/read", cookie=cookie_of(old))).json() == {}
+        assert await store.index(user) == {token_id(winner)}
+        (info,) = await store.backend.list_sessions(user)
+        assert info.session_id == token_id(winner)
+
+
+async def test_a_write_in_flight_during_a_login_does_not_log_the_browser_out(
+    store: Store,
+) -> None:
+    """A request of the browser loads the session, the browser logs in meanwhile
+    (a rotation), then the slow request commits its write: the write is refused (the
+    old ID is a read-only grace alias now) and its response leaves the cookie alone;
+    before the fix it expired the cookie, logging the browser out whenever that
+    response arrived after the login's."""
+    loaded, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        loaded.set()
+        await release.wait()
+        await session_app(scope, receive, send)
+
+    browser = Client(store.app())
+    await browser.get("/set?cart=1")
+    old = browser.jar["session"]
+    in_flight = asyncio.ensure_future(
+        Client(store.app(slow)).get("/set?late=1", cookie=cookie_of(old))
+    )
+    async with asyncio.timeout(10):
+        await loaded.wait()
+        login = await browser.get("/bind?user=ann")
+        release.set()
+        late = await in_flight
+    assert late.status == 200
+    assert late.set_cookies == []
+    new = browser.jar["session"]
+    assert issued(login) == [new]
+    assert browser_after({"session": old}, login, late) == {"session": new}
+    assert (await browser.get("/read")).json() == {"cart": "1", "user": "ann"}  # late: dropped
+    assert await store.live() == {token_id(new)}
