@@ -452,3 +452,280 @@ async def test_a_write_in_flight_during_a_login_does_not_log_the_browser_out(
     assert browser_after({"session": old}, login, late) == {"session": new}
     assert (await browser.get("/read")).json() == {"cart": "1", "user": "ann"}  # late: dropped
     assert await store.live() == {token_id(new)}
+
+
+# -- 3. logout and revoke while requests of the session are in flight ---------------------------
+
+# What the requests in flight do once released: every kind of commit there is.
+SLOW = [
+    "/set?late=1",  # a delta write
+    "/del?cart=",  # a key removed
+    "/expiry?s=600",  # new metadata
+    "/rotate",  # a rotation
+    "/login?user=ann",  # a rotation and a write
+    "/bind?user=bob",  # a rotation to another user: a new entry in bob's index
+    "/read",  # the clock passes the refresh point meanwhile: a touch
+]
+ENDINGS = ["logout", "revoke", "revoke_user"]
+
+
+def held_until(release: asyncio.Event, loaded: list[int], everyone: asyncio.Event) -> App:
+    """session_app, run only once ``release`` is set; ``everyone`` is set when all
+    ``len(SLOW)`` requests have loaded their session."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        loaded[0] += 1
+        if loaded[0] == len(SLOW):
+            everyone.set()
+        await release.wait()
+        await session_app(scope, receive, send)
+
+    return app
+
+
+async def end_session(store: Store, ending: str, browser: Client, session_id: str) -> Any:
+    if ending == "logout":
+        response = await browser.get("/invalidate")
+        assert response.status == 200
+        return expires(response)
+    if ending == "revoke":
+        return await store.backend.revoke(session_id)
+    return await store.backend.revoke_user("ann")
+
+
+async def in_flight(
+    store: Store, clock: FakeClock
+) -> tuple[Client, str, list[asyncio.Future[Response]], asyncio.Event]:
+    """A session bound to ann, and one request of each SLOW kind on it, all loaded
+    and held; returns the browser, its cookie, the requests and their release."""
+    browser = Client(store.app(clock=clock))
+    await browser.get("/bind?user=ann")  # a new session: created bound, no rotation
+    await browser.get("/set?cart=1")
+    token = browser.jar["session"]
+    release, everyone, loaded = asyncio.Event(), asyncio.Event(), [0]
+    slow = Client(store.app(held_until(release, loaded, everyone), clock=clock))
+    requests = [asyncio.ensure_future(slow.get(t, cookie=cookie_of(token))) for t in SLOW]
+    await everyone.wait()
+    return browser, token, requests, release
+
+
+async def cookies_that_work(store: Store, responses: list[Response]) -> list[str]:
+    reader = Client(store.app())
+    handed_out = [value for response in responses for value in issued(response)]
+    return [v for v in handed_out if (await reader.get("/read", cookie=cookie_of(v))).json()]
+
+
+@pytest.mark.parametrize("ending", ENDINGS)
+async def test_logout_or_revoke_during_slow_requests_resurrects_nothing(
+    store: Store, ending: str
+) -> None:
+    """Seven requests of a session bound to ann load it and wait (the app awaits an
+    event before it writes); the session is ended (the browser's logout, an admin's
+    revoke of its ID, or revoke_user); then they all commit. None of them resurrects
+    it: no key is left, no index entry, every response expires the cookie or sends
+    none, and the old cookie reads as anonymous."""
+    clock = store.clock or FakeClock(time.time())
+    async with asyncio.timeout(30):
+        browser, token, requests, release = await in_flight(store, clock)
+        assert await end_session(store, ending, browser, token_id(token))
+        clock.advance(5000)  # past refresh_after (an hour and 12 minutes): the read touches
+        release.set()
+        responses = await asyncio.gather(*requests)
+    assert [r.status for r in responses] == [200] * len(SLOW)
+    handed_out = [v for r in responses for v in issued(r)]
+    working = await cookies_that_work(store, responses)
+    left = await store.sessions()
+    report(
+        f"test_logout_or_revoke_during_slow_requests_resurrects_nothing[{store.kind}-{ending}]",
+        requests_in_flight=len(SLOW),
+        cookies_expired=sum(expires(r) for r in responses),
+        cookies_handed_out=len(handed_out),
+        resurrected=len(left) + len(working),
+    )
+    assert handed_out == []
+    assert working == []
+    assert left == {}
+    for user in ("ann", "bob"):
+        assert await store.backend.list_sessions(user) == []
+        assert await store.index(user) == set()
+    assert (await Client(store.app()).get("/read", cookie=cookie_of(token))).json() == {}
+
+
+@pytest.mark.parametrize("ending", ENDINGS)
+async def test_logout_or_revoke_racing_the_commits_resurrects_nothing(
+    store: Store, ending: str
+) -> None:
+    """As above, but the end of the session races the commits: it starts from 1 ms
+    before to 3 ms after they are released, so it lands before, between and after
+    their Redis commands (a rotation's in particular). Over many trials:
+
+    - logout (on the browser's cookie): nothing of the session survives, ever;
+    - revoke_user("ann"): nothing of ann's survives (the request that re-binds the
+      session to bob may have won before: then bob's session lives on, as it would
+      without the race);
+    - revoke(id): when it returns True, nothing survives; when a rotation had won
+      before it looked, it returns False and the one rotated session lives on under
+      its new ID, the one a response handed out (revoke names a session by its
+      current ID).
+    """
+    trials = scaled(30)
+    clock = store.clock or FakeClock(time.time())
+    outcomes: dict[str, int] = {}
+    for _ in range(trials):
+        async with asyncio.timeout(30):
+            browser, token, requests, release = await in_flight(store, clock)
+            clock.advance(5000)
+            offset = random.uniform(-0.001, 0.003)
+            if offset < 0:  # now and then the end comes first
+                ended = await end_session(store, ending, browser, token_id(token))
+                release.set()
+            else:
+                release.set()
+                await asyncio.sleep(offset)
+                ended = await end_session(store, ending, browser, token_id(token))
+            responses = await asyncio.gather(*requests)
+        assert [r.status for r in responses] == [200] * len(SLOW)
+        live = await store.live()
+        handed_out = {token_id(v) for r in responses for v in issued(r)}
+        assert live <= handed_out  # no live session whose cookie nobody got
+        ann = await store.backend.list_sessions("ann")
+        bob = {info.session_id for info in await store.backend.list_sessions("bob")}
+        if ending == "logout" or (ending == "revoke" and ended):
+            assert live == set(), (ending, ended)
+            outcome = "ended"
+        elif ending == "revoke_user":
+            assert ann == []
+            assert live <= bob
+            outcome = "ended" if not live else "rebound_to_bob_first"
+        else:
+            assert len(live) == 1
+            outcome = "rotated_first"
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        for user in ("ann", "bob"):
+            await store.backend.revoke_user(user)  # the next trial starts with nothing live
+    report(
+        f"test_logout_or_revoke_racing_the_commits_resurrects_nothing[{store.kind}-{ending}]",
+        trials=trials,
+        requests_in_flight=trials * len(SLOW),
+        **outcomes,
+        resurrected=0,
+    )
+
+
+# The interleavings the racing test found, one by one. A second RedisBackend on the
+# same prefix plays the admin process; it pauses inside revoke or revoke_user while
+# the browser rotates its session.
+
+
+class PausingAdmin(RedisBackend):
+    """Pauses once, after reading the user's index (``at="members"``) or a
+    session's state (``at="states"``), until ``resume`` is set."""
+
+    def __init__(self, *args: Any, at: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.at = at
+        self.paused = asyncio.Event()
+        self.resume = asyncio.Event()
+
+    async def _pause(self, at: str) -> None:
+        if at == self.at and not self.paused.is_set():
+            self.paused.set()
+            await self.resume.wait()
+
+    async def _members(self, user_id: str) -> list[str]:
+        members = await super()._members(user_id)
+        await self._pause("members")
+        return members
+
+    async def _states(self, ids: Any) -> Any:
+        states = await super()._states(ids)
+        await self._pause("states")
+        return states
+
+
+@pytest.fixture
+def redis_store(store: Store) -> Store:
+    if store.kind == "memory":
+        pytest.skip("the memory backend's revoke and revoke_user never yield midway")
+    return store
+
+
+@pytest.mark.parametrize(
+    ("ending", "at"),
+    [
+        # revoke(id) read the session live, then the rotation retired it: deleting the
+        # old ID (a grace alias by then) left the rotated session alive, and revoke
+        # answered True.
+        ("revoke", "states"),
+        # revoke_user read the index before the rotation's new session joined it and
+        # the states after the old ID was retired: only the alias was deleted.
+        ("revoke_user", "members"),
+        ("revoke_user", "states"),
+    ],
+)
+async def test_a_revoke_paused_while_the_session_rotates_still_ends_it(
+    redis_store: Store, ending: str, at: str
+) -> None:
+    store = redis_store
+    backend = store.backend
+    admin = PausingAdmin(backend.client, prefix=backend.prefix, at=at, operation_timeout=TIMEOUT)
+    browser = Client(store.app())
+    await browser.get("/bind?user=ann")
+    await browser.get("/set?cart=1")
+    old = browser.jar["session"]
+    async with asyncio.timeout(10):
+        if ending == "revoke":
+            revoking = asyncio.ensure_future(admin.revoke(token_id(old)))
+        else:
+            revoking = asyncio.ensure_future(admin.revoke_user("ann"))
+        await admin.paused.wait()
+        assert issued(await browser.get("/rotate")) == [browser.jar["session"]]
+        admin.resume.set()
+        assert await revoking in (True, 1)
+    assert (await browser.get("/read")).json() == {}
+    assert await store.live() == set()
+    assert await backend.list_sessions("ann") == []
+
+
+async def test_a_logout_loaded_before_a_rotation_ends_the_rotated_session(store: Store) -> None:
+    """The logout request loaded the session, a parallel request rotated it, then
+    the logout committed: deleting only the old ID (a grace alias by then) left the
+    rotated session alive, with its cookie in the browser."""
+    loaded, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        loaded.set()
+        await release.wait()
+        await session_app(scope, receive, send)
+
+    browser = Client(store.app())
+    await browser.get("/bind?user=ann")
+    old = browser.jar["session"]
+    logout = asyncio.ensure_future(
+        Client(store.app(slow)).get("/invalidate", cookie=cookie_of(old))
+    )
+    async with asyncio.timeout(10):
+        await loaded.wait()
+        await browser.get("/rotate")
+        assert browser.jar["session"] != old
+        release.set()
+        assert expires(await logout)
+    assert (await browser.get("/read")).json() == {}
+    assert await store.live() == set()
+    assert await store.backend.list_sessions("ann") == []
+
+
+async def test_revoke_user_keeps_the_current_session_after_it_rotated(store: Store) -> None:
+    """``keep`` names the session the request loaded; if a parallel request of that
+    browser rotated it meanwhile, the session lives on under its new ID and is kept
+    (it used to be revoked, logging the current browser out)."""
+    browser, other = Client(store.app()), Client(store.app())
+    await browser.get("/bind?user=ann")
+    await other.get("/bind?user=ann")
+    current = token_id(browser.jar["session"])
+    await browser.get("/rotate")  # in parallel to the request that calls revoke_user
+    assert await store.backend.revoke_user("ann", keep=current) == 1
+    assert (await browser.get("/read")).json() == {"user": "ann"}
+    assert (await other.get("/read")).json() == {}
+    (info,) = await store.backend.list_sessions("ann")
+    assert info.session_id == token_id(browser.jar["session"])

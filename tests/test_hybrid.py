@@ -310,8 +310,8 @@ async def test_redis_commands_per_request(private_redis: Any, clock: FakeClock) 
         (index,) = [k async for k in raw.scan_iter(match=store.prefix + "u:*")]
         members = await raw.zcard(index)
         refresh = await count("/read")
-        # load 1 (HGET); rotation 2 (the new key and the old one's alias, sent
-        # together); the user's index 1 script plus one HMGET per member (the user's
+        # load 1 (HGET); rotation 2 (the new key, then the old one's alias); the
+        # user's index 1 script plus one HMGET per member (the user's
         # sessions and their recent grace aliases, the new session included, sent
         # together); the spent and family markers 2 (sent together).
         assert refresh[0] == 6 + (members + 1), (refresh, members)

@@ -33,10 +33,11 @@ seconds, and refuses those access tokens at once.
 
 Store commands (Redis): a request with a valid access token, none
 (``check_revocation``: one ``HMGET``). A write: one (the store's delta write). A
-refresh: 5 in 3 round trips: the store's load (1), the rotation (2, sent together:
-the new session and the old one's alias) and the spent and family markers (2, sent
-together); a session bound to a user also updates the user's index (one script,
-then one ``HMGET`` per entry of the index, sent together).
+refresh: 5 in 4 round trips: the store's load (1), the rotation (2, one after the
+other: the new session, then the old one's alias) and the spent and family markers
+(2, sent together); a session bound to a user also updates the user's index (one
+script, before the old one's alias, then one ``HMGET`` per entry of the index, sent
+together).
 """
 
 from __future__ import annotations

@@ -249,10 +249,16 @@ class MemoryBackend:
     async def revoke_user(self, user_id: str, *, keep: str | None = None) -> int:
         now = self.clock()
         live = {key for key, _ in self._live_of(user_id, now)}
+        kept = set()
+        if keep is not None:
+            kept.add(keep)
+            current = self._entries.get(keep)
+            if current is not None and current.alias_of is not None:
+                kept.add(current.alias_of)  # rotated meanwhile: it lives on under its new ID
         ended = 0
         for key in list(self._users.get(user_id, ())):
             entry = self._entries.get(key)
-            if key == keep or (entry is not None and entry.alias_of == keep and keep):
+            if key in kept or (entry is not None and entry.alias_of in kept):
                 continue
             ended += key in live
             self._drop(key)

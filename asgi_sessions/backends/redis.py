@@ -41,10 +41,11 @@ same key the last commit wins.
 On a plain or Sentinel client these commands skip redis-py's command layer (see
 ``_Lane``): one packed write and one read on a pooled connection, bounded by this
 backend's watchdog. Everything else, and every command on a Cluster client, goes
-through redis-py as usual. A rotation writes the new key and turns the
-old one into a read-only alias (two single-key scripts sent concurrently: old and new
-hash to different Cluster slots, so there is never a cross-slot transaction); binding a
-user also updates the user's index.
+through redis-py as usual. A rotation writes the new key, enters it in its user's
+index when it has one, and only then turns the old key into a read-only alias: single-key
+scripts one after the other (old and new hash to different Cluster slots, so there is
+never a cross-slot transaction), in an order that lets a logout or revoke racing the
+rotation end the new session too.
 """
 
 from __future__ import annotations
@@ -225,6 +226,14 @@ if ttl < 0 or ttl > tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2
 return 1
 """
 )
+# End a session: delete it, answering [deleted, the ID it is a grace alias of]. The
+# alias tells the caller of a rotation that retired this ID after the caller looked,
+# whose new session must end too.
+_END = """
+local a = redis.pcall('HGET', KEYS[1], 'a')
+if type(a) ~= 'string' then a = false end  -- none, or a key that is not a hash
+return {redis.call('DEL', KEYS[1]), a}
+"""
 _INDEX = """
 if ARGV[1] ~= '' then redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
@@ -474,7 +483,11 @@ class _Lane:
         return self.call(_pack(b"EVAL", source, numkeys, key, *args))
 
 
-_load, _save, _touch, _retire, _index = map(_Script, (_LOAD, _SAVE, _TOUCH, _RETIRE, _INDEX))
+_load, _save, _touch, _retire, _end, _index = map(
+    _Script, (_LOAD, _SAVE, _TOUCH, _RETIRE, _END, _INDEX)
+)
+# How many rotations in a row _end follows from an ID that was retired meanwhile.
+_MAX_HOPS = 8
 
 
 def _number(raw: Any) -> float | None:
@@ -988,42 +1001,47 @@ class RedisBackend:
             record.extra["view"] = view if result == 1 else b""
             self._remember(record.session_id, due)
             return token
-        # A new session, or a rotation: create the new key without ever overwriting.
+        # A new session, or a rotation. One step after the other, never overlapping:
+        # the new key is created (never overwriting one), then entered in its user's
+        # index, and only then is the old ID retired. So whenever the old ID is a
+        # grace alias (or gone), the new session exists and its user's index names
+        # it: a logout or revoke that ends the old ID after that ends the new one
+        # too (see _end), and a revoke_user() that reads the index after that finds
+        # the new one there.
         old_id = record.session_id
+        user = record.user_id
         while True:
             new = new_token()
             new_id = token_id(new)
-            create = _save(self._fast, self._key(new_id), b"n", ttl_ms, count, b"", *fields)
-            if token is None:
-                created = await self._run(create)
-            else:
-                retire = _retire(self._fast, self._key(old_id), new_id, self.rotation_grace * 1000)
-                outcomes: tuple[Any, Any] = await asyncio.gather(
-                    self._run(create), self._run(retire), return_exceptions=True
-                )
-                created, retired = outcomes
-                if retired != 1:
-                    # Logged out or revoked meanwhile, or the store failed half-way: the
-                    # new key must not outlive a rotation that did not happen (no cookie
-                    # would ever lead to it).
-                    if created == 1:
-                        with contextlib.suppress(BackendError):
-                            await self._run(self.client.delete(self._key(new_id)))
-                    for outcome in (retired, created):
-                        if isinstance(outcome, BaseException):
-                            raise outcome
-                    raise SessionGone("session no longer exists")
-                if isinstance(created, BaseException):
-                    raise created
+            created = await self._run(
+                _save(self._fast, self._key(new_id), b"n", ttl_ms, count, b"", *fields)
+            )
             if created == 1:
                 break
             logger.error("session ID collision on create; retrying")  # 2**-256: a broken RNG
+        members: list[Any] = []
+        if user is not None:
+            members = await self._run(self._index_add(user, new_id, record, now))
+        if token is not None:
+            retired = await self._run(
+                _retire(self._fast, self._key(old_id), new_id, self.rotation_grace * 1000)
+            )
+            if retired != 1:
+                # Logged out, revoked, or rotated by a parallel request meanwhile: the
+                # new session must not outlive the old one.
+                cleanup: list[Awaitable[Any]] = [self.client.delete(self._key(new_id))]
+                if user is not None:
+                    cleanup.append(self.client.zrem(self._user_key(user), new_id))
+                await self._run(asyncio.gather(*cleanup))
+                raise SessionGone("session no longer exists")
         self._due.pop(old_id, None)
         record.session_id = new_id
         record.extra = {"meta": meta, "view": view}
         self._remember(new_id, due)
-        if record.user_id is not None:
-            await self._bind(record, now)
+        if user is not None:
+            await self._prune(
+                user, [_decode(m) for m in members], now, keep_newest=self.max_sessions_per_user
+            )
         return new
 
     async def touch(self, token: str, record: SessionRecord, *, now: float, ttl: int) -> str | None:
@@ -1046,17 +1064,19 @@ class RedisBackend:
 
     async def delete(self, token: str, record: SessionRecord) -> None:
         self._due.pop(record.session_id, None)
-        keys = [self._key(token_id(token))]
+        ids = [token_id(token)]
         alias_of = record.extra.get("alias_of")
         if alias_of:
-            # Logging out on the old cookie during the grace ends the new session too.
-            keys.append(self._key(alias_of))
-        # One single-key command each: on Cluster they live in different slots.
-        operations: list[Awaitable[Any]] = [self.client.delete(k) for k in keys]
+            # Logging out on the old cookie during the grace ends the new session too
+            # (and _end does so for a rotation that retired the ID since the load).
+            ids.append(alias_of)
         if record.user_id is not None:
             index = self._user_key(record.user_id)
-            operations.append(self.client.zrem(index, record.session_id))
-        await self._run(asyncio.gather(*operations))
+            await asyncio.gather(
+                self._end(ids), self._run(self.client.zrem(index, record.session_id))
+            )
+        else:
+            await self._end(ids)
 
     async def exists(self, session_id: str) -> bool:
         """Whether the session ``session_id`` is live (not ended, not expired, not a
@@ -1070,27 +1090,32 @@ class RedisBackend:
 
     # -- per-user operations ---------------------------------------------------------
 
-    async def _bind(self, record: SessionRecord, now: float) -> None:
-        assert record.user_id is not None
+    async def _end(self, ids: Sequence[str]) -> list[bool]:
+        """Delete the sessions ``ids``, each with the session it turned out to be
+        the grace alias of when it went, and so on: a rotation that retired one of
+        them after the caller looked must not leave its new session alive. One
+        single-key script each (on Cluster they live in different slots). True for
+        each of ``ids`` that existed."""
+        replies = await self._run(asyncio.gather(*(_end(self.client, self._key(i)) for i in ids)))
+        rotated = [_decode(alias) for _, alias in replies if alias]
+        for _ in range(_MAX_HOPS):
+            if not rotated:
+                break
+            more = await self._run(
+                asyncio.gather(*(_end(self.client, self._key(i)) for i in rotated))
+            )
+            rotated = [_decode(alias) for _, alias in more if alias]
+        return [bool(deleted) for deleted, _ in replies]
+
+    def _index_add(
+        self, user_id: str, session_id: str, record: SessionRecord, now: float
+    ) -> Awaitable[Any]:
+        """Enter ``session_id`` in the user's index (pruning expired members); the
+        script answers every member."""
         # The index score is the latest the session can live (activity never moves
         # the absolute deadline), so pruning by score never drops a live session.
         score = record.absolute_expiry or now + 366 * 86400
-        members = await self._run(
-            _index(
-                self.client,
-                self._user_key(record.user_id),
-                record.session_id,
-                repr(score),
-                repr(now),
-                "",
-            )
-        )
-        await self._prune(
-            record.user_id,
-            [_decode(m) for m in members],
-            now,
-            keep_newest=self.max_sessions_per_user,
-        )
+        return _index(self.client, self._user_key(user_id), session_id, repr(score), repr(now), "")
 
     async def _states(self, ids: Sequence[str]) -> list[_State | None]:
         """Each session's (created, last seen, IP, user agent, user ID, alias of);
@@ -1179,9 +1204,7 @@ class RedisBackend:
                 for m, other in zip(others, states, strict=True)
                 if other is not None and other.alias_of == session_id
             ]
-        deleted = await self._run(
-            asyncio.gather(*(self.client.delete(self._key(i)) for i in doomed))
-        )
+        deleted = await self._end(doomed)
         if owner is not None:
             await self._run(self.client.zrem(self._user_key(owner), *doomed))
         if deleted[0] and self.events:
@@ -1190,25 +1213,57 @@ class RedisBackend:
 
     async def revoke_user(self, user_id: str, *, keep: str | None = None) -> int:
         members = await self._members(user_id)
-        states = await self._states(members)
+        states = dict(zip(members, await self._states(members), strict=True))
+        kept = set()
+        if keep is not None:
+            kept.add(keep)
+            state = states.get(keep)
+            if state is not None and state.alias_of is not None:
+                kept.add(state.alias_of)  # rotated meanwhile: it lives on under its new ID
+        # A member retired by a rotation between the two reads above: the index read
+        # may have missed the rotation's new session (it joins the index just before
+        # the retirement). It ends too if it is this user's.
+        missed = {
+            state.alias_of
+            for session_id, state in states.items()
+            if state is not None
+            and state.alias_of is not None
+            and state.alias_of not in states
+            and session_id not in kept
+            and state.alias_of not in kept
+        }
+        if missed:
+            for session_id, state in zip(missed, await self._states(list(missed)), strict=True):
+                if state is not None and state.user_id == user_id:
+                    members.append(session_id)
+                    states[session_id] = state
         doomed = []
-        ended = 0
-        for session_id, state in zip(members, states, strict=True):
+        live = []
+        for session_id in members:
+            state = states[session_id]
             alias = None if state is None else state.alias_of
-            if keep is not None and (session_id == keep or alias == keep):
+            if session_id in kept or alias in kept:
                 continue
             doomed.append(session_id)
-            ended += state is not None and alias is None
+            if state is not None and alias is None:
+                live.append(session_id)
         if doomed:
-            await self._run(asyncio.gather(*(self.client.delete(self._key(i)) for i in doomed)))
+            # A session live when read that a rotation retires before it goes takes
+            # the rotation's new session with it (_end). One that was already a grace
+            # alias is only deleted: its session is among the members, or was rebound
+            # to another user, whose it now is.
+            aliases = [i for i in doomed if i not in live]
+            await asyncio.gather(
+                self._end(live),
+                self._run(asyncio.gather(*(self.client.delete(self._key(i)) for i in aliases))),
+            )
             await self._run(self.client.zrem(self._user_key(user_id), *doomed))
             if self.events:
-                for session_id, state in zip(members, states, strict=True):
-                    if session_id in doomed and state is not None and state.alias_of is None:
-                        await self.events.emit(
-                            SessionEvent("revoked", session_hash(session_id), user_id)
-                        )
-        return ended
+                for session_id in live:
+                    await self.events.emit(
+                        SessionEvent("revoked", session_hash(session_id), user_id)
+                    )
+        return len(live)
 
     async def revoke_all(self) -> int:
         """End every session under this backend's prefix, bound to a user or not,
