@@ -729,3 +729,53 @@ async def test_revoke_user_keeps_the_current_session_after_it_rotated(store: Sto
     assert (await other.get("/read")).json() == {}
     (info,) = await store.backend.list_sessions("ann")
     assert info.session_id == token_id(browser.jar["session"])
+
+
+class RunsScriptsTwice:
+    """The request path's Redis client, as seen through retries: the first ``times``
+    scripts run twice and the second run answers, as when a client loses a reply
+    and retries the command (redis-py's Retry on a connection error; the async
+    Cluster client after a re-discovery closed connections in use, see the store
+    fixture). Bounded, so that code retrying on what it takes for a collision ends."""
+
+    def __init__(self, inner: Any, times: int) -> None:
+        self.inner = inner
+        self.times = times
+
+    async def _twice(self, run: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        if self.times > 0:
+            self.times -= 1
+            await run(*args)
+        return await run(*args)
+
+    async def evalsha(self, *args: Any) -> Any:
+        return await self._twice(self.inner.evalsha, *args)
+
+    async def eval(self, *args: Any) -> Any:
+        return await self._twice(self.inner.eval, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_a_create_or_retirement_run_twice_is_recognized_as_its_own(
+    redis_store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A create run twice found its own key, took it for an ID collision and made
+    another session, leaving the first one orphaned (seen on Cluster); a retirement
+    run twice found its own alias and took the rotation for lost. Both now
+    recognize their own earlier run: no orphan, the rotation lands."""
+    store = redis_store
+    store.backend._fast = RunsScriptsTwice(store.backend._fast, times=20)
+    browser = Client(store.app())
+    async with asyncio.timeout(10):
+        await browser.get("/set?cart=1")
+        first = token_id(browser.jar["session"])
+        assert await store.live() == {first}
+        login = await browser.get("/bind?user=ann")
+    assert issued(login) == [browser.jar["session"]]
+    current = token_id(browser.jar["session"])
+    assert await store.sessions() == {first: current, current: None}
+    assert (await browser.get("/read")).json() == {"cart": "1", "user": "ann"}
+    assert [info.session_id for info in await store.backend.list_sessions("ann")] == [current]
+    assert "collision" not in caplog.text

@@ -167,15 +167,19 @@ return '\\146' .. refreshed .. x
 # So may a delta, built from the loaded view: it is right only if nobody wrote since
 # (the stored view is still the loaded one); otherwise the pair is left out, the
 # delta merges into what other requests stored, and the view is rebuilt from it.
-# Returns 1 saved, 2 saved by a merge (the view was rebuilt), 0 the new key exists,
-# -1 the session is gone or is a grace alias.
+# Returns 1 saved, 2 saved by a merge (the view was rebuilt), 0 the new key exists
+# (holding another record: an ID collision), -1 the session is gone or is a grace alias.
 _SAVE = (
     _VIEW
     + """
 local last = 4 + 2 * tonumber(ARGV[3])
 local upto, result = last, 1
 if ARGV[1] == 'n' then
-  if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+  if redis.call('EXISTS', KEYS[1]) == 1 then
+    -- This very create, run twice (a client that lost the reply retried it): done.
+    if redis.call('HGET', KEYS[1], 'x') == ARGV[last] then return 1 end
+    return 0
+  end
 else
   local s = redis.call('HMGET', KEYS[1], 'm', 'a', 'x')
   if not s[1] or s[2] then return -1 end
@@ -213,6 +217,7 @@ _RETIRE = (
     _VIEW
     + """
 local s = redis.call('HMGET', KEYS[1], 'm', 'a')
+if s[2] == ARGV[1] then return 1 end  -- this very retirement, run twice (a retried command)
 if not s[1] or s[2] then return -1 end
 if tonumber(ARGV[2]) == 0 then
   redis.call('DEL', KEYS[1])
