@@ -1075,13 +1075,10 @@ class RedisBackend:
             # Logging out on the old cookie during the grace ends the new session too
             # (and _end does so for a rotation that retired the ID since the load).
             ids.append(alias_of)
+        also = []
         if record.user_id is not None:
-            index = self._user_key(record.user_id)
-            await asyncio.gather(
-                self._end(ids), self._run(self.client.zrem(index, record.session_id))
-            )
-        else:
-            await self._end(ids)
+            also.append(self.client.zrem(self._user_key(record.user_id), record.session_id))
+        await self._end(ids, also=also)
 
     async def exists(self, session_id: str) -> bool:
         """Whether the session ``session_id`` is live (not ended, not expired, not a
@@ -1095,13 +1092,16 @@ class RedisBackend:
 
     # -- per-user operations ---------------------------------------------------------
 
-    async def _end(self, ids: Sequence[str]) -> list[bool]:
+    async def _end(self, ids: Sequence[str], *, also: Sequence[Awaitable[Any]] = ()) -> list[bool]:
         """Delete the sessions ``ids``, each with the session it turned out to be
         the grace alias of when it went, and so on: a rotation that retired one of
         them after the caller looked must not leave its new session alive. One
-        single-key script each (on Cluster they live in different slots). True for
-        each of ``ids`` that existed."""
-        replies = await self._run(asyncio.gather(*(_end(self.client, self._key(i)) for i in ids)))
+        single-key script each (on Cluster they live in different slots), sent
+        with the commands ``also``. True for each of ``ids`` that existed."""
+        replies = await self._run(
+            asyncio.gather(*(_end(self.client, self._key(i)) for i in ids), *also)
+        )
+        replies = replies[: len(ids)]
         rotated = [_decode(alias) for _, alias in replies if alias]
         for _ in range(_MAX_HOPS):
             if not rotated:
@@ -1258,10 +1258,7 @@ class RedisBackend:
             # alias is only deleted: its session is among the members, or was rebound
             # to another user, whose it now is.
             aliases = [i for i in doomed if i not in live]
-            await asyncio.gather(
-                self._end(live),
-                self._run(asyncio.gather(*(self.client.delete(self._key(i)) for i in aliases))),
-            )
+            await self._end(live, also=[self.client.delete(self._key(i)) for i in aliases])
             await self._run(self.client.zrem(self._user_key(user_id), *doomed))
             if self.events:
                 for session_id in live:
