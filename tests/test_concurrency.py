@@ -14,11 +14,15 @@ Sizes scale with ``ASGI_SESSIONS_CONCURRENCY_SCALE`` (a float, default 1: the CI
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
+import re
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -32,6 +36,7 @@ from tests.asgi import Client, Response, session_app
 from tests.conftest import FakeClock
 from tests.figures import report
 from tests.redis_servers import RedisServer
+from tests.test_redis_faults import Browser, Seen
 
 pytestmark = pytest.mark.anyio
 
@@ -169,7 +174,7 @@ async def seeded(store: Store, target: str) -> str:
     return client.jar["session"]
 
 
-# -- 1. many requests of one session, each changing a different key -------------------------
+# -- 1. many requests of one session, each changing a different key ---------------------------
 
 
 async def test_concurrent_writes_and_deletes_of_different_keys_all_land(store: Store) -> None:
@@ -214,7 +219,7 @@ async def test_concurrent_writes_and_deletes_of_different_keys_all_land(store: S
     assert await store.live() == {token_id(token)}
 
 
-# -- 2. one key, read-modify-write from many requests ---------------------------------------
+# -- 2. one key, read-modify-write from many requests -----------------------------------------
 
 
 def counter(gate: Callable[[], Awaitable[Any]] | None = None) -> App:
@@ -271,190 +276,7 @@ async def test_one_key_incremented_concurrently_is_last_writer_wins(store: Store
     report(f"test_one_key_incremented_concurrently_is_last_writer_wins[{store.kind}]", **figures)
 
 
-# -- 5. a burst of session creations ----------------------------------------------------------
-
-
-async def test_50000_concurrent_session_creations_are_distinct_and_none_overwritten(
-    private_redis: RedisServer,
-) -> None:
-    """Sessions created through the middleware by ``workers`` concurrent clients at a
-    time (the pool of 50 connections waits): every cookie and ID is distinct, the
-    store holds exactly one key per cookie, and each cookie reads back its own value."""
-    total, workers = scaled(50_000, least=100), 300
-    backend = RedisBackend(private_redis.url, prefix=f"t{uuid.uuid4().hex[:12]}:")
-    raw = Redis.from_url(private_redis.url)
-    try:
-        app = SessionMiddleware(session_app, backend=backend)
-        tokens: list[str] = [""] * total
-        statuses: dict[int, int] = {}
-        turn = iter(range(total))
-
-        async def create() -> None:
-            for i in turn:
-                client = Client(app)
-                response = await client.get(f"/set?v={i}")
-                statuses[response.status] = statuses.get(response.status, 0) + 1
-                tokens[i] = client.jar.get("session", "")
-
-        started = time.monotonic()
-        await asyncio.gather(*(create() for _ in range(workers)))
-        created = time.monotonic() - started
-        assert statuses == {200: total}
-
-        wrong = 0
-        turn = iter(range(total))
-
-        async def read_back() -> None:
-            nonlocal wrong
-            for i in turn:
-                response = await Client(app).get("/read", cookie=cookie_of(tokens[i]))
-                wrong += response.status != 200 or response.json() != {"v": str(i)}
-
-        started = time.monotonic()
-        await asyncio.gather(*(read_back() for _ in range(workers)))
-        read = time.monotonic() - started
-
-        prefix = f"{backend.prefix}s:"
-        keys = {k.decode().removeprefix(prefix) async for k in raw.scan_iter(match=prefix + "*")}
-        ids = {token_id(t) for t in tokens if t}
-        report(
-            "test_50000_concurrent_session_creations_are_distinct_and_none_overwritten",
-            sessions=total,
-            in_flight=workers,
-            distinct_cookies=len(set(tokens)),
-            keys_in_redis=len(keys),
-            overwritten=wrong,
-            create_seconds=f"{created:.1f}",
-            read_back_seconds=f"{read:.1f}",
-        )
-        assert len(set(tokens)) == total
-        assert "" not in tokens
-        assert len(ids) == total
-        assert keys == ids
-        assert wrong == 0
-    finally:
-        await backend.aclose()
-        await raw.aclose()
-
-
-# -- 4. two logins at once from one anonymous session -----------------------------------------
-
-
-def browser_after(jar: dict[str, str], *responses: Response) -> dict[str, str]:
-    """The cookie jar of a browser that applies ``responses`` in this order."""
-    jar = dict(jar)
-    for response in responses:
-        for header in response.set_cookies:
-            name, _, rest = header.partition("=")
-            if "Max-Age=0" in header:
-                jar.pop(name, None)
-            else:
-                jar[name] = rest.split(";", 1)[0]
-    return jar
-
-
-def both_loaded_first(barrier: asyncio.Barrier) -> App:
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await barrier.wait()  # both requests loaded the pre-login session
-        await session_app(scope, receive, send)
-
-    return app
-
-
-async def test_two_parallel_logins_from_one_anonymous_session_leave_one_live_session(
-    store: Store,
-) -> None:
-    """A login submitted twice: both requests carry the same anonymous cookie, both
-    loaded it before either commits, and both bind the same user (a rotation).
-
-    The outcome, every time: exactly one live session. One request wins the
-    rotation and hands out its cookie; the other finds the old ID already rotated,
-    discards its changes and sends no cookie (as a request on the grace alias does),
-    so a browser that applies the two responses in either order is logged in with the
-    winner's cookie. The loser's new key is removed and never indexed; after the
-    grace the old cookie is anonymous: no orphan key, no orphan index entry."""
-    trials = scaled(10)
-
-    async def trial(i: int) -> tuple[str, str, str]:
-        old = await seeded(store, f"/set?cart={i}")
-        client = Client(store.app(both_loaded_first(asyncio.Barrier(2))))
-        first, second = await asyncio.gather(
-            client.get(f"/bind?user=u{i}", cookie=cookie_of(old)),
-            client.get(f"/bind?user=u{i}", cookie=cookie_of(old)),
-        )
-        assert (first.status, second.status) == (200, 200)
-        assert not expires(first)
-        assert not expires(second)
-        (winner,) = issued(first) + issued(second)  # one response hands out a cookie
-        for order in ((first, second), (second, first)):
-            assert browser_after({"session": old}, *order) == {"session": winner}
-        return old, winner, f"u{i}"
-
-    async with asyncio.timeout(60):
-        results = await asyncio.gather(*(trial(i) for i in range(trials)))
-    reader = Client(store.app())
-    for i, (old, winner, user) in enumerate(results):
-        assert (await reader.get("/read", cookie=cookie_of(winner))).json() == {
-            "cart": str(i),
-            "user": user,
-        }
-        sessions = await store.sessions()
-        assert sessions[token_id(old)] == token_id(winner)  # the grace alias, read-only
-        assert await store.index(user) == {token_id(winner)}
-    await store.later(1.2)  # past the one-second grace
-    stored = await store.sessions()
-    winners = {token_id(winner) for _, winner, _ in results}
-    report(
-        f"test_two_parallel_logins_from_one_anonymous_session_leave_one_live_session[{store.kind}]",
-        trials=trials,
-        live_sessions_per_login=len(stored) / trials,
-        orphan_keys=len(set(stored) - winners),
-        old_cookie_expired_after_grace=True,
-    )
-    assert stored == dict.fromkeys(winners)  # only the winners, live; nothing else
-    for old, winner, user in results:
-        assert (await reader.get("/read", cookie=cookie_of(old))).json() == {}
-        assert await store.index(user) == {token_id(winner)}
-        (info,) = await store.backend.list_sessions(user)
-        assert info.session_id == token_id(winner)
-
-
-async def test_a_write_in_flight_during_a_login_does_not_log_the_browser_out(
-    store: Store,
-) -> None:
-    """A request of the browser loads the session, the browser logs in meanwhile
-    (a rotation), then the slow request commits its write: the write is refused (the
-    old ID is a read-only grace alias now) and its response leaves the cookie alone;
-    before the fix it expired the cookie, logging the browser out whenever that
-    response arrived after the login's."""
-    loaded, release = asyncio.Event(), asyncio.Event()
-
-    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        loaded.set()
-        await release.wait()
-        await session_app(scope, receive, send)
-
-    browser = Client(store.app())
-    await browser.get("/set?cart=1")
-    old = browser.jar["session"]
-    in_flight = asyncio.ensure_future(
-        Client(store.app(slow)).get("/set?late=1", cookie=cookie_of(old))
-    )
-    async with asyncio.timeout(10):
-        await loaded.wait()
-        login = await browser.get("/bind?user=ann")
-        release.set()
-        late = await in_flight
-    assert late.status == 200
-    assert late.set_cookies == []
-    new = browser.jar["session"]
-    assert issued(login) == [new]
-    assert browser_after({"session": old}, login, late) == {"session": new}
-    assert (await browser.get("/read")).json() == {"cart": "1", "user": "ann"}  # late: dropped
-    assert await store.live() == {token_id(new)}
-
-
-# -- 3. logout and revoke while requests of the session are in flight ---------------------------
+# -- 3. logout and revoke while requests of the session are in flight -------------------------
 
 # What the requests in flight do once released: every kind of commit there is.
 SLOW = [
@@ -464,7 +286,7 @@ SLOW = [
     "/rotate",  # a rotation
     "/login?user=ann",  # a rotation and a write
     "/bind?user=bob",  # a rotation to another user: a new entry in bob's index
-    "/read",  # the clock passes the refresh point meanwhile: a touch
+    "/read",  # a read: nothing to commit, and no cookie to hand out
 ]
 ENDINGS = ["logout", "revoke", "revoke_user"]
 
@@ -494,16 +316,16 @@ async def end_session(store: Store, ending: str, browser: Client, session_id: st
 
 
 async def in_flight(
-    store: Store, clock: FakeClock
+    store: Store,
 ) -> tuple[Client, str, list[asyncio.Future[Response]], asyncio.Event]:
     """A session bound to ann, and one request of each SLOW kind on it, all loaded
     and held; returns the browser, its cookie, the requests and their release."""
-    browser = Client(store.app(clock=clock))
+    browser = Client(store.app())
     await browser.get("/bind?user=ann")  # a new session: created bound, no rotation
     await browser.get("/set?cart=1")
     token = browser.jar["session"]
     release, everyone, loaded = asyncio.Event(), asyncio.Event(), [0]
-    slow = Client(store.app(held_until(release, loaded, everyone), clock=clock))
+    slow = Client(store.app(held_until(release, loaded, everyone)))
     requests = [asyncio.ensure_future(slow.get(t, cookie=cookie_of(token))) for t in SLOW]
     await everyone.wait()
     return browser, token, requests, release
@@ -524,11 +346,9 @@ async def test_logout_or_revoke_during_slow_requests_resurrects_nothing(
     revoke of its ID, or revoke_user); then they all commit. None of them resurrects
     it: no key is left, no index entry, every response expires the cookie or sends
     none, and the old cookie reads as anonymous."""
-    clock = store.clock or FakeClock(time.time())
     async with asyncio.timeout(30):
-        browser, token, requests, release = await in_flight(store, clock)
+        browser, token, requests, release = await in_flight(store)
         assert await end_session(store, ending, browser, token_id(token))
-        clock.advance(5000)  # past refresh_after (an hour and 12 minutes): the read touches
         release.set()
         responses = await asyncio.gather(*requests)
     assert [r.status for r in responses] == [200] * len(SLOW)
@@ -569,12 +389,10 @@ async def test_logout_or_revoke_racing_the_commits_resurrects_nothing(
       current ID).
     """
     trials = scaled(30)
-    clock = store.clock or FakeClock(time.time())
     outcomes: dict[str, int] = {}
     for _ in range(trials):
         async with asyncio.timeout(30):
-            browser, token, requests, release = await in_flight(store, clock)
-            clock.advance(5000)
+            browser, token, requests, release = await in_flight(store)
             offset = random.uniform(-0.001, 0.003)
             if offset < 0:  # now and then the end comes first
                 ended = await end_session(store, ending, browser, token_id(token))
@@ -666,6 +484,9 @@ def redis_store(store: Store) -> Store:
 async def test_a_revoke_paused_while_the_session_rotates_still_ends_it(
     redis_store: Store, ending: str, at: str
 ) -> None:
+    """An admin's revoke or revoke_user stops at a point where it has read Redis;
+    the browser rotates its session meanwhile; then the admin call goes on. It ends
+    the rotated session too."""
     store = redis_store
     backend = store.backend
     admin = PausingAdmin(backend.client, prefix=backend.prefix, at=at, operation_timeout=TIMEOUT)
@@ -731,6 +552,126 @@ async def test_revoke_user_keeps_the_current_session_after_it_rotated(store: Sto
     assert info.session_id == token_id(browser.jar["session"])
 
 
+# -- 4. two logins at once from one anonymous session -----------------------------------------
+
+
+def browser_after(jar: dict[str, str], *responses: Response) -> dict[str, str]:
+    """The cookie jar of a browser that applies ``responses`` in this order."""
+    jar = dict(jar)
+    for response in responses:
+        for header in response.set_cookies:
+            name, _, rest = header.partition("=")
+            if "Max-Age=0" in header:
+                jar.pop(name, None)
+            else:
+                jar[name] = rest.split(";", 1)[0]
+    return jar
+
+
+def both_loaded_first(barrier: asyncio.Barrier) -> App:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await barrier.wait()  # both requests loaded the pre-login session
+        await session_app(scope, receive, send)
+
+    return app
+
+
+async def test_two_parallel_logins_from_one_anonymous_session_leave_one_live_session(
+    store: Store,
+) -> None:
+    """A login submitted twice: both requests carry the same anonymous cookie, both
+    loaded it before either commits, and both bind the same user (a rotation).
+
+    The outcome, every time: exactly one live session. One request wins the
+    rotation and hands out its cookie; the other finds the old ID already rotated,
+    discards its changes and sends no cookie (as a request on the grace alias does),
+    so a browser that applies the two responses in either order is logged in with the
+    winner's cookie. The loser removes its new key and index entry; after the grace
+    the old cookie is anonymous: no orphan key, no orphan index entry."""
+    trials = scaled(10)
+
+    async def trial(i: int) -> tuple[str, str, str]:
+        old = await seeded(store, f"/set?cart={i}")
+        client = Client(store.app(both_loaded_first(asyncio.Barrier(2))))
+        first, second = await asyncio.gather(
+            client.get(f"/bind?user=u{i}", cookie=cookie_of(old)),
+            client.get(f"/bind?user=u{i}", cookie=cookie_of(old)),
+        )
+        assert (first.status, second.status) == (200, 200)
+        assert not expires(first)
+        assert not expires(second)
+        (winner,) = issued(first) + issued(second)  # one response hands out a cookie
+        for order in ((first, second), (second, first)):
+            assert browser_after({"session": old}, *order) == {"session": winner}
+        return old, winner, f"u{i}"
+
+    async with asyncio.timeout(60):
+        results = await asyncio.gather(*(trial(i) for i in range(trials)))
+    reader = Client(store.app())
+    for i, (old, winner, user) in enumerate(results):
+        assert (await reader.get("/read", cookie=cookie_of(winner))).json() == {
+            "cart": str(i),
+            "user": user,
+        }
+        sessions = await store.sessions()
+        assert sessions[token_id(old)] == token_id(winner)  # the grace alias, read-only
+        assert await store.index(user) == {token_id(winner)}
+    await store.later(1.2)  # past the one-second grace
+    stored = await store.sessions()
+    winners = {token_id(winner) for _, winner, _ in results}
+    report(
+        f"test_two_parallel_logins_from_one_anonymous_session_leave_one_live_session[{store.kind}]",
+        trials=trials,
+        live_sessions_per_login=len(stored) / trials,
+        orphan_keys=len(set(stored) - winners),
+        old_cookie_expired_after_grace=True,
+    )
+    assert stored == dict.fromkeys(winners)  # only the winners, live; nothing else
+    for old, winner, user in results:
+        assert (await reader.get("/read", cookie=cookie_of(old))).json() == {}
+        assert await store.index(user) == {token_id(winner)}
+        (info,) = await store.backend.list_sessions(user)
+        assert info.session_id == token_id(winner)
+
+
+async def test_a_write_in_flight_during_a_login_does_not_log_the_browser_out(
+    store: Store,
+) -> None:
+    """A request of the browser loads the session, the browser logs in meanwhile
+    (a rotation), then the slow request commits its write: the write is refused (the
+    old ID is a read-only grace alias now) and its response leaves the cookie alone;
+    before the fix it expired the cookie, logging the browser out whenever that
+    response arrived after the login's."""
+    loaded, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        loaded.set()
+        await release.wait()
+        await session_app(scope, receive, send)
+
+    browser = Client(store.app())
+    await browser.get("/set?cart=1")
+    old = browser.jar["session"]
+    late_write = asyncio.ensure_future(
+        Client(store.app(slow)).get("/set?late=1", cookie=cookie_of(old))
+    )
+    async with asyncio.timeout(10):
+        await loaded.wait()
+        login = await browser.get("/bind?user=ann")
+        release.set()
+        late = await late_write
+    assert late.status == 200
+    assert late.set_cookies == []
+    new = browser.jar["session"]
+    assert issued(login) == [new]
+    assert browser_after({"session": old}, login, late) == {"session": new}
+    assert (await browser.get("/read")).json() == {"cart": "1", "user": "ann"}  # late: dropped
+    assert await store.live() == {token_id(new)}
+
+
+# -- retried commands: a create or retirement that runs twice ---------------------------------
+
+
 class RunsScriptsTwice:
     """The request path's Redis client, as seen through retries: the first ``times``
     scripts run twice and the second run answers, as when a client loses a reply
@@ -779,3 +720,331 @@ async def test_a_create_or_retirement_run_twice_is_recognized_as_its_own(
     assert (await browser.get("/read")).json() == {"cart": "1", "user": "ann"}
     assert [info.session_id for info in await store.backend.list_sessions("ann")] == [current]
     assert "collision" not in caplog.text
+
+
+# -- 5. a burst of session creations ----------------------------------------------------------
+
+
+async def test_50000_concurrent_session_creations_are_distinct_and_none_overwritten(
+    private_redis: RedisServer,
+) -> None:
+    """Sessions created through the middleware by ``workers`` concurrent clients at a
+    time (the pool of 50 connections waits): every cookie and ID is distinct, the
+    store holds exactly one key per cookie, and each cookie reads back its own value."""
+    total, workers = scaled(50_000, least=100), 300
+    backend = RedisBackend(private_redis.url, prefix=f"t{uuid.uuid4().hex[:12]}:")
+    raw = Redis.from_url(private_redis.url)
+    try:
+        app = SessionMiddleware(session_app, backend=backend)
+        tokens: list[str] = [""] * total
+        statuses: dict[int, int] = {}
+        turn = iter(range(total))
+
+        async def create() -> None:
+            for i in turn:
+                client = Client(app)
+                response = await client.get(f"/set?v={i}")
+                statuses[response.status] = statuses.get(response.status, 0) + 1
+                tokens[i] = client.jar.get("session", "")
+
+        started = time.monotonic()
+        await asyncio.gather(*(create() for _ in range(workers)))
+        created = time.monotonic() - started
+        assert statuses == {200: total}
+
+        wrong = 0
+        turn = iter(range(total))
+
+        async def read_back() -> None:
+            nonlocal wrong
+            for i in turn:
+                response = await Client(app).get("/read", cookie=cookie_of(tokens[i]))
+                wrong += response.status != 200 or response.json() != {"v": str(i)}
+
+        started = time.monotonic()
+        await asyncio.gather(*(read_back() for _ in range(workers)))
+        read = time.monotonic() - started
+
+        prefix = f"{backend.prefix}s:"
+        keys = {k.decode().removeprefix(prefix) async for k in raw.scan_iter(match=prefix + "*")}
+        ids = {token_id(t) for t in tokens if t}
+        report(
+            "test_50000_concurrent_session_creations_are_distinct_and_none_overwritten",
+            sessions=total,
+            in_flight=workers,
+            distinct_cookies=len(set(tokens)),
+            keys_in_redis=len(keys),
+            overwritten=wrong,
+            create_seconds=f"{created:.1f}",
+            read_back_seconds=f"{read:.1f}",
+        )
+        assert len(set(tokens)) == total
+        assert "" not in tokens
+        assert len(ids) == total
+        assert keys == ids
+        assert wrong == 0
+    finally:
+        await backend.aclose()
+        await raw.aclose()
+
+
+# -- 6. cross-user isolation under cancellations, stalls and timeouts -------------------------
+
+OWN = re.compile(rb"(?:secret|user)-(\d+)-")
+TOKEN_RUN = re.compile(r"[A-Za-z0-9_-]{43,}")
+ACTIONS = [  # (weight, what a request does)
+    (35, "read"),
+    (25, "write"),
+    (8, "rotate"),
+    (8, "login"),
+    (7, "bind"),
+    (12, "untouched"),
+    (5, "logout"),
+]
+
+
+@dataclass
+class Visitor:
+    """One of the clients: its browser (a cookie jar shared by its parallel
+    requests), the secret it keeps in its session, its user name."""
+
+    number: int
+    browser: Browser
+    secret: str
+    user: str
+    writes: int = 0
+
+    def target(self, action: str) -> str:
+        if action == "write":
+            self.writes += 1
+            return f"/set?secret={self.secret}&n={self.writes}"
+        return {
+            "read": "/read",
+            "rotate": "/rotate",
+            "login": f"/login?user={self.user}",
+            "bind": f"/bind?user={self.user}",
+            "untouched": "/untouched",
+            "logout": "/invalidate",
+        }[action]
+
+    def foreign(self, response: Response) -> bool:
+        """Whether the response carries anything of another client's."""
+        if any(int(n) != self.number for n in OWN.findall(response.body)):
+            return True
+        if response.status != 200 or not response.body.startswith(b"{"):
+            return False
+        data = response.json()
+        return (
+            data.get("secret", self.secret) != self.secret
+            or data.get("user", self.user) != self.user
+        )
+
+
+def tokens_in(text: str, tokens: set[str]) -> set[str]:
+    """The known ``tokens`` (43 characters) that occur in ``text``, in one pass."""
+    found = set()
+    for run in TOKEN_RUN.findall(text):
+        found.update(run[i : i + 43] for i in range(len(run) - 42) if run[i : i + 43] in tokens)
+    return found
+
+
+async def test_crosstalk_never_happens_under_cancellations_stalls_and_timeouts(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``clients`` browsers, each with a distinct secret in its session, send
+    ``requests`` mixed requests (read, write its own secret, rotate, login, bind,
+    untouched, logout) from ``workers`` at a time, each browser's own requests
+    often in parallel. About a tenth are cancelled mid-request at a random point (a
+    client gone away): a cancel goes to 16% of them, and those that find their
+    request already answered (one without a cookie never waits for anything) cancel
+    nothing. Redis stalls now and then (CLIENT PAUSE ALL or WRITE, 150 to 450 ms)
+    under a 100 ms socket timeout and a 250 ms operation budget, so timeouts fire
+    all the time, mid-read on pooled connections included.
+
+    Every response is a 200 that carries only its own browser's data (or an empty
+    session, once its own session was lost: a cut-short rotation, a cancelled login)
+    or the generic 503; never another browser's secret or cookie, never a 500, never
+    a raw token in a body or a log line. Afterwards everyone recovers, and no
+    connection is left checked out of the pool or open on the server."""
+    clients, requests, workers = scaled(200, 10), scaled(5000, 100), 48
+    caplog.set_level(logging.INFO, logger="asgi_sessions")
+    baseline = int(private_redis.info("clients")["connected_clients"])
+    backend = RedisBackend(
+        private_redis.url,
+        prefix=f"t{uuid.uuid4().hex[:12]}:",
+        operation_timeout=0.25,
+        socket_timeout=0.1,
+        connect_timeout=0.2,
+        retries=1,
+        max_connections=32,
+        rotation_grace=1,
+    )
+    admin = Redis.from_url(private_redis.url)  # CLIENT PAUSE only: it is paused too
+    app = SessionMiddleware(session_app, backend=backend)
+    seen = Seen()
+    visitors = [
+        Visitor(i, Browser(app, seen=seen), f"secret-{i}-{secrets.token_hex(8)}-", f"user-{i}-x")
+        for i in range(clients)
+    ]
+    counts = dict.fromkeys(("cancel_requested", "cancelled", "completed", "crosstalk"), 0)
+    statuses: dict[int, int] = {}
+    owner_of: dict[str, int] = {}  # every cookie value handed out -> its browser
+    pauses: list[int] = []
+    done = asyncio.Event()
+    try:
+        for visitor in visitors:
+            assert (await visitor.browser.get(visitor.target("write"))).status == 200
+        weights = [w for w, _ in ACTIONS]
+        plan = iter(
+            (
+                random.choice(visitors),
+                random.choices(ACTIONS, weights)[0][1],
+                random.random() < 0.16,
+            )
+            for _ in range(requests)
+        )
+
+        async def one(visitor: Visitor, action: str, cancel: bool) -> None:
+            request = asyncio.ensure_future(visitor.browser.get(visitor.target(action)))
+            if cancel:
+                counts["cancel_requested"] += 1
+                # A random point: some turns of the event loop (a request with a
+                # cookie takes a few even when Redis answers at once).
+                for _ in range(random.randint(0, 12)):
+                    await asyncio.sleep(0)
+                request.cancel()
+            try:
+                response = await request
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    raise  # this test is ending, not the request
+                counts["cancelled"] += 1
+                return
+            counts["completed"] += 1
+            statuses[response.status] = statuses.get(response.status, 0) + 1
+            if visitor.foreign(response):
+                counts["crosstalk"] += 1
+            for value in issued(response):
+                if owner_of.setdefault(value, visitor.number) != visitor.number:
+                    counts["crosstalk"] += 1
+
+        async def worker() -> None:
+            for visitor, action, cancel in plan:
+                await one(visitor, action, cancel)
+                await asyncio.sleep(random.uniform(0, 0.03))  # think time
+
+        async def chaos() -> None:
+            for _ in range(1000):  # bounded; ends with the requests
+                try:
+                    await asyncio.wait_for(done.wait(), random.uniform(0.1, 0.6))
+                    return
+                except TimeoutError:
+                    pass
+                ms = random.randint(150, 450)
+                await admin.execute_command("CLIENT", "PAUSE", ms, random.choice(["ALL", "WRITE"]))
+                pauses.append(ms)
+
+        async def crowd() -> None:
+            try:
+                async with asyncio.TaskGroup() as group:  # one failure stops them all
+                    for _ in range(workers):
+                        group.create_task(worker())
+            finally:
+                done.set()
+
+        started = time.monotonic()
+        async with asyncio.timeout(180), asyncio.TaskGroup() as group:
+            group.create_task(chaos())
+            group.create_task(crowd())
+        storm = time.monotonic() - started
+        await admin.execute_command("CLIENT", "UNPAUSE")  # waits for a pause under way
+        # A browser whose rotation completed in Redis but whose response never came
+        # (cancelled, or a 503 for a step that ran once Redis resumed) holds a cookie
+        # that is a read-only grace alias now: let those end first.
+        await asyncio.sleep(backend.rotation_grace + 0.2)
+
+        # Recovery: every browser reads its own session or, if it lost it or logged
+        # out, one without its secret; then stores its secret again and reads it back.
+        lost = 0
+
+        async def recover(visitor: Visitor) -> None:
+            nonlocal lost
+            for _ in range(50):
+                response = await visitor.browser.get("/read")
+                if response.status == 200:
+                    break
+                await asyncio.sleep(0.1)
+            assert response.status == 200
+            assert not visitor.foreign(response)
+            lost += response.json().get("secret") is None
+            assert (await visitor.browser.get(visitor.target("write"))).status == 200
+            data = (await visitor.browser.get("/read")).json()
+            assert data["secret"] == visitor.secret
+
+        async with asyncio.timeout(60):
+            await asyncio.gather(*(recover(v) for v in visitors))
+        held = {token_id(v.browser.jar["session"]) for v in visitors}
+        prefix = f"{backend.prefix}s:"
+        stored = [k async for k in admin.scan_iter(match=prefix + "*", count=1000)]
+        orphans = len({k.decode().removeprefix(prefix) for k in stored} - held)
+        pool = backend.client.connection_pool
+        checked_out, waiting = len(pool._in_use_connections), len(pool._waiters)
+        pooled = len(pool._available_connections)
+        watchdog = backend._watchdog
+        pending = 0 if watchdog is None else len(watchdog.pending)
+    finally:
+        done.set()
+        await backend.aclose()
+        await admin.aclose()
+    deadline = time.monotonic() + 5
+    while (open_after := int(private_redis.info("clients")["connected_clients"])) > baseline:
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    messages = [record.getMessage() for record in caplog.records]
+    timeouts = {
+        "socket_timeouts": sum("Timeout reading" in m for m in messages),
+        "operation_timeouts": sum("did not answer within" in m for m in messages),
+        "pool_waits_expired": sum("No connection available" in m for m in messages),
+    }
+    discarded = {
+        "writes_on_a_grace_alias": sum("grace alias are discarded" in m for m in messages),
+        "writes_after_a_parallel_rotation": sum("rotated by a parallel" in m for m in messages),
+    }
+    leaked_tokens = tokens_in(caplog.text, seen.tokens) | {
+        t for r in seen.responses for t in tokens_in(r.body.decode("latin-1"), seen.tokens)
+    }
+    report(
+        "test_crosstalk_never_happens_under_cancellations_stalls_and_timeouts",
+        clients=clients,
+        requests=requests,
+        cancel_requested=counts["cancel_requested"],
+        cancelled_mid_request=counts["cancelled"],
+        completed=counts["completed"],
+        ok_200=statuses.get(200, 0),
+        unavailable_503=statuses.get(503, 0),
+        other_statuses=sum(n for s, n in statuses.items() if s not in (200, 503)),
+        **timeouts,
+        pauses=len(pauses),
+        paused_ms=sum(pauses),
+        storm_seconds=f"{storm:.1f}",
+        crosstalk=counts["crosstalk"],
+        tokens_leaked=len(leaked_tokens),
+        without_their_secret_at_recovery=lost,
+        **discarded,
+        orphan_sessions=orphans,
+        recovered=clients,
+        connections_checked_out=checked_out,
+        pool_waiters=waiting,
+        pooled_connections=pooled,
+        watchdog_pending=pending,
+        server_connections_left=open_after - baseline,
+    )
+    assert counts["crosstalk"] == 0
+    assert set(statuses) <= {200, 503}
+    assert statuses.get(503, 0) > 0, "no store failure was provoked: nothing was tested"
+    assert sum(timeouts.values()) > 0
+    assert not leaked_tokens
+    assert (checked_out, waiting, pending) == (0, 0, 0)
+    assert pooled <= 32
+    assert open_after == baseline
