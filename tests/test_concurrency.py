@@ -8,7 +8,11 @@ away); a request that runs while a logout or revoke happens never resurrects the
 session; a rotation never forks a second live session. Every case reports its figures
 (``tests.figures``); zero is asserted wherever zero is promised.
 
-Sizes scale with ``ASGI_SESSIONS_CONCURRENCY_SCALE`` (a float, default 1: the CI size).
+Sizes scale with ``ASGI_SESSIONS_CONCURRENCY_SCALE`` (a float). The default, 1, is the
+size the issue asks for and what CI runs: 1,000 writes and 200 deletes on one session,
+200 concurrent increments, 30 races per way of ending a session, 50,000 session
+creations, 200 browsers sending 5,000 requests under stalls. A larger scale runs the
+same cases longer (about a minute at 1 on a small 2-core VM).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -461,13 +466,11 @@ class PausingAdmin(RedisBackend):
         return states
 
 
-@pytest.fixture
-def redis_store(store: Store) -> Store:
-    if store.kind == "memory":
-        pytest.skip("the memory backend's revoke and revoke_user never yield midway")
-    return store
+# The memory backend's revoke and revoke_user never yield midway: Redis only.
+ON_REDIS = pytest.mark.parametrize("store", ["redis", "cluster"], indirect=True)
 
 
+@ON_REDIS
 @pytest.mark.parametrize(
     ("ending", "at"),
     [
@@ -482,12 +485,11 @@ def redis_store(store: Store) -> Store:
     ],
 )
 async def test_a_revoke_paused_while_the_session_rotates_still_ends_it(
-    redis_store: Store, ending: str, at: str
+    store: Store, ending: str, at: str
 ) -> None:
     """An admin's revoke or revoke_user stops at a point where it has read Redis;
     the browser rotates its session meanwhile; then the admin call goes on. It ends
     the rotated session too."""
-    store = redis_store
     backend = store.backend
     admin = PausingAdmin(backend.client, prefix=backend.prefix, at=at, operation_timeout=TIMEOUT)
     browser = Client(store.app())
@@ -699,14 +701,14 @@ class RunsScriptsTwice:
         return getattr(self.inner, name)
 
 
+@ON_REDIS
 async def test_a_create_or_retirement_run_twice_is_recognized_as_its_own(
-    redis_store: Store, caplog: pytest.LogCaptureFixture
+    store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A create run twice found its own key, took it for an ID collision and made
     another session, leaving the first one orphaned (seen on Cluster); a retirement
     run twice found its own alias and took the rotation for lost. Both now
     recognize their own earlier run: no orphan, the rotation lands."""
-    store = redis_store
     store.backend._fast = RunsScriptsTwice(store.backend._fast, times=20)
     browser = Client(store.app())
     async with asyncio.timeout(10):
@@ -730,7 +732,9 @@ async def test_50000_concurrent_session_creations_are_distinct_and_none_overwrit
 ) -> None:
     """Sessions created through the middleware by ``workers`` concurrent clients at a
     time (the pool of 50 connections waits): every cookie and ID is distinct, the
-    store holds exactly one key per cookie, and each cookie reads back its own value."""
+    store holds exactly one key per cookie and nothing else, each record holds its
+    own session's value, and a sample of the cookies reads it back through the
+    middleware."""
     total, workers = scaled(50_000, least=100), 300
     backend = RedisBackend(private_redis.url, prefix=f"t{uuid.uuid4().hex[:12]}:")
     raw = Redis.from_url(private_redis.url)
@@ -748,12 +752,32 @@ async def test_50000_concurrent_session_creations_are_distinct_and_none_overwrit
                 tokens[i] = client.jar.get("session", "")
 
         started = time.monotonic()
-        await asyncio.gather(*(create() for _ in range(workers)))
+        async with asyncio.timeout(300), asyncio.TaskGroup() as group:
+            for _ in range(workers):
+                group.create_task(create())
         created = time.monotonic() - started
         assert statuses == {200: total}
+        assert "" not in tokens
 
+        # Each session holds its own value: every record, read from Redis (the view a
+        # load decodes), and a sample read back through the middleware.
+        prefix = f"{backend.prefix}s:"
+        keys = {k.decode().removeprefix(prefix) async for k in raw.scan_iter(match=prefix + "*")}
+        ids = [token_id(t) for t in tokens]
         wrong = 0
-        turn = iter(range(total))
+        started = time.monotonic()
+        for first in range(0, len(ids), 1000):
+            batch = range(first, min(len(ids), first + 1000))
+            async with raw.pipeline(transaction=False) as pipe:
+                for i in batch:
+                    pipe.hget(prefix + ids[i], "x")
+                views = await pipe.execute()
+            wrong += sum(
+                view is None or msgpack.unpackb(view)[4] != {"v": str(i)}
+                for i, view in zip(batch, views, strict=True)
+            )
+        sample = random.sample(range(total), min(total, scaled(2000)))
+        turn = iter(sample)
 
         async def read_back() -> None:
             nonlocal wrong
@@ -761,27 +785,23 @@ async def test_50000_concurrent_session_creations_are_distinct_and_none_overwrit
                 response = await Client(app).get("/read", cookie=cookie_of(tokens[i]))
                 wrong += response.status != 200 or response.json() != {"v": str(i)}
 
-        started = time.monotonic()
-        await asyncio.gather(*(read_back() for _ in range(workers)))
+        async with asyncio.timeout(60), asyncio.TaskGroup() as group:
+            for _ in range(workers):
+                group.create_task(read_back())
         read = time.monotonic() - started
-
-        prefix = f"{backend.prefix}s:"
-        keys = {k.decode().removeprefix(prefix) async for k in raw.scan_iter(match=prefix + "*")}
-        ids = {token_id(t) for t in tokens if t}
         report(
             "test_50000_concurrent_session_creations_are_distinct_and_none_overwritten",
             sessions=total,
             in_flight=workers,
             distinct_cookies=len(set(tokens)),
             keys_in_redis=len(keys),
+            read_back_through_the_middleware=len(sample),
             overwritten=wrong,
             create_seconds=f"{created:.1f}",
-            read_back_seconds=f"{read:.1f}",
+            check_seconds=f"{read:.1f}",
         )
         assert len(set(tokens)) == total
-        assert "" not in tokens
-        assert len(ids) == total
-        assert keys == ids
+        assert keys == set(ids)
         assert wrong == 0
     finally:
         await backend.aclose()
