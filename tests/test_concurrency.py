@@ -151,7 +151,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
             startup_nodes=nodes,
             socket_timeout=TIMEOUT,
             socket_connect_timeout=2,
-            max_connections=2048,
+            max_connections=2 * scaled(1200, 1024),  # the first case's burst, on one node
         )
         # Learn the slot map before the first burst: a fresh async RedisCluster used by
         # many tasks at once sends some commands to the wrong node, and the re-discovery
@@ -193,7 +193,11 @@ async def test_concurrent_writes_and_deletes_of_different_keys_all_land(store: S
     loaded = asyncio.Barrier(total)
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await loaded.wait()  # the middleware loaded the session before the app runs
+        try:  # the middleware loaded the session before the app runs
+            async with asyncio.timeout(60):
+                await loaded.wait()
+        except TimeoutError:
+            raise AssertionError("some requests never loaded the session") from None
         await session_app(scope, receive, send)
 
     client = Client(store.app(app))
@@ -985,24 +989,31 @@ async def test_crosstalk_never_happens_under_cancellations_stalls_and_timeouts(
 
         # Recovery: every browser reads its own session or, if it lost it or logged
         # out, one without its secret; then stores its secret again and reads it back.
-        lost = 0
+        lost = retried = 0
+
+        async def answered(visitor: Visitor, target: str) -> Response:
+            # Hundreds of browsers at once under these tight timeouts: some 503s still.
+            nonlocal retried
+            for _ in range(50):
+                response = await visitor.browser.get(target)
+                if response.status == 200:
+                    return response
+                retried += 1
+                await asyncio.sleep(0.1)
+            raise AssertionError(f"{target}: still 503 five seconds into the recovery")
 
         async def recover(visitor: Visitor) -> None:
             nonlocal lost
-            for _ in range(50):
-                response = await visitor.browser.get("/read")
-                if response.status == 200:
-                    break
-                await asyncio.sleep(0.1)
-            assert response.status == 200
+            response = await answered(visitor, "/read")
             assert not visitor.foreign(response)
             lost += response.json().get("secret") is None
-            assert (await visitor.browser.get(visitor.target("write"))).status == 200
-            data = (await visitor.browser.get("/read")).json()
+            await answered(visitor, visitor.target("write"))
+            data = (await answered(visitor, "/read")).json()
             assert data["secret"] == visitor.secret
 
-        async with asyncio.timeout(60):
-            await asyncio.gather(*(recover(v) for v in visitors))
+        async with asyncio.timeout(60), asyncio.TaskGroup() as group:
+            for visitor in visitors:
+                group.create_task(recover(visitor))
         held = {token_id(v.browser.jar["session"]) for v in visitors}
         prefix = f"{backend.prefix}s:"
         stored = [k async for k in admin.scan_iter(match=prefix + "*", count=1000)]
@@ -1054,6 +1065,7 @@ async def test_crosstalk_never_happens_under_cancellations_stalls_and_timeouts(
         **discarded,
         orphan_sessions=orphans,
         recovered=clients,
+        recovery_503s=retried,
         connections_checked_out=checked_out,
         pool_waiters=waiting,
         pooled_connections=pooled,

@@ -1228,17 +1228,19 @@ class RedisBackend:
         # A member retired by a rotation between the two reads above: the index read
         # may have missed the rotation's new session (it joins the index just before
         # the retirement). It ends too if it is this user's.
-        missed = {
-            state.alias_of
-            for session_id, state in states.items()
-            if state is not None
-            and state.alias_of is not None
-            and state.alias_of not in states
-            and session_id not in kept
-            and state.alias_of not in kept
-        }
+        missed = list(
+            {
+                state.alias_of
+                for session_id, state in states.items()
+                if state is not None
+                and state.alias_of is not None
+                and state.alias_of not in states
+                and session_id not in kept
+                and state.alias_of not in kept
+            }
+        )
         if missed:
-            for session_id, state in zip(missed, await self._states(list(missed)), strict=True):
+            for session_id, state in zip(missed, await self._states(missed), strict=True):
                 if state is not None and state.user_id == user_id:
                     members.append(session_id)
                     states[session_id] = state
