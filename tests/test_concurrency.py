@@ -151,7 +151,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
             startup_nodes=nodes,
             socket_timeout=TIMEOUT,
             socket_connect_timeout=2,
-            max_connections=2 * scaled(1200, 1024),  # the first case's burst, on one node
+            max_connections=2048,  # the first case's burst lands on one node
         )
         # Learn the slot map before the first burst: a fresh async RedisCluster used by
         # many tasks at once sends some commands to the wrong node, and the re-discovery
@@ -185,8 +185,12 @@ async def seeded(store: Store, target: str) -> str:
 async def test_concurrent_writes_and_deletes_of_different_keys_all_land(store: Store) -> None:
     """``writes`` requests set one key each and ``deletes`` remove one seeded key
     each, all on one session, all loaded before any commits (every delta but the
-    first is built on a view that is stale by then): every change lands."""
+    first is built on a view that is stale by then): every change lands. The async
+    Cluster client has no pool that waits (a connection per request in flight, all
+    opened at once): on Cluster the burst stays at its CI size at any scale."""
     writes, deletes = scaled(1000), scaled(200)
+    if store.kind == "cluster":
+        writes, deletes = min(writes, 1000), min(deletes, 200)
     seed = "&".join(f"d{j}=x" for j in range(deletes))
     token = await seeded(store, f"/set?seed=1&{seed}")
     total = writes + deletes
