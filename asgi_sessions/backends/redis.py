@@ -1025,20 +1025,25 @@ class RedisBackend:
                 break
             logger.error("session ID collision on create; retrying")  # 2**-256: a broken RNG
         members: list[Any] = []
-        if user is not None:
-            members = await self._run(self._index_add(user, new_id, record, now))
-        if token is not None:
-            retired = await self._run(
-                _retire(self._fast, self._key(old_id), new_id, self.rotation_grace * 1000)
-            )
-            if retired != 1:
-                # Logged out, revoked, or rotated by a parallel request meanwhile: the
-                # new session must not outlive the old one.
-                cleanup: list[Awaitable[Any]] = [self.client.delete(self._key(new_id))]
-                if user is not None:
-                    cleanup.append(self.client.zrem(self._user_key(user), new_id))
-                await self._run(asyncio.gather(*cleanup))
-                raise SessionGone("session no longer exists")
+        try:
+            if user is not None:
+                members = await self._run(self._index_add(user, new_id, record, now))
+            retired = 1
+            if token is not None:
+                retired = await self._run(
+                    _retire(self._fast, self._key(old_id), new_id, self.rotation_grace * 1000)
+                )
+        except BackendError:
+            # The store failed half-way: no cookie will ever lead to the new session,
+            # so it goes (best effort: the store is failing) before the 503.
+            with contextlib.suppress(BackendError):
+                await self._forget(new_id, user)
+            raise
+        if retired != 1:
+            # Logged out, revoked, or rotated by a parallel request meanwhile: the
+            # new session must not outlive the old one.
+            await self._forget(new_id, user)
+            raise SessionGone("session no longer exists")
         self._due.pop(old_id, None)
         record.session_id = new_id
         record.extra = {"meta": meta, "view": view}
@@ -1048,6 +1053,14 @@ class RedisBackend:
                 user, [_decode(m) for m in members], now, keep_newest=self.max_sessions_per_user
             )
         return new
+
+    async def _forget(self, session_id: str, user_id: str | None) -> None:
+        """Delete a session this request created and never handed out, with its
+        entry in its user's index."""
+        cleanup: list[Awaitable[Any]] = [self.client.delete(self._key(session_id))]
+        if user_id is not None:
+            cleanup.append(self.client.zrem(self._user_key(user_id), session_id))
+        await self._run(asyncio.gather(*cleanup))
 
     async def touch(self, token: str, record: SessionRecord, *, now: float, ttl: int) -> str | None:
         due = _next_due(record)
