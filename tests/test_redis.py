@@ -627,6 +627,34 @@ async def test_the_request_path_keeps_the_socket_timeout_and_a_clean_connection(
         await backend.aclose()
 
 
+async def test_a_failure_inside_the_redis_client_is_a_503_and_ours_stay_errors(
+    redis_url: str,
+) -> None:
+    """Not every failure inside redis-py is a RedisError (here a misconfigured client
+    whose connect raises TypeError): it is the store failing, so a 503. An error
+    raised by the backend's own code is not disguised."""
+    broken = Redis.from_url(redis_url, socket_connect_timeout="1")  # type: ignore[arg-type]
+    backend = RedisBackend(broken, prefix=f"t{uuid.uuid4().hex[:12]}:")
+    try:
+        token = secrets.token_urlsafe(32)
+        with pytest.raises(BackendUnavailable, match="the Redis client failed: TypeError"):
+            await backend.load(token, now=time.time())
+        response = await Client(SessionMiddleware(session_app, backend=backend)).get(
+            "/read", cookie=f"session={token}".encode()
+        )
+        assert response.status == 503
+
+        async def ours() -> None:
+            raise TypeError("a bug of ours")
+
+        with pytest.raises(TypeError, match="a bug of ours"):
+            await backend._run(ours())
+    finally:
+        await backend.aclose()
+        with contextlib.suppress(TypeError):  # its pool never connected; closing trips too
+            await broken.aclose()
+
+
 async def test_a_burst_beyond_max_connections_waits_for_a_connection(redis_url: str) -> None:
     """A URL-made client waits (within operation_timeout) for a free connection
     instead of failing the request when all max_connections are in use."""

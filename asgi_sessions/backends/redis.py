@@ -495,6 +495,17 @@ _load, _save, _touch, _retire, _end, _index = map(
 _MAX_HOPS = 8
 
 
+def _raised_in_redis_py(exc: BaseException) -> bool:
+    """Whether a frame of redis-py's is on the way from where ``exc`` was caught to
+    where it was raised."""
+    frame = exc.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_globals.get("__name__", "").partition(".")[0] == "redis":
+            return True
+        frame = frame.tb_next
+    return False
+
+
 def _number(raw: Any) -> float | None:
     if raw is None:
         return None
@@ -779,6 +790,16 @@ class RedisBackend:
             raise BackendUnavailable(f"Redis timed out: {exc}") from exc
         except RedisError as exc:
             raise BackendUnavailable(f"Redis failed: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            # Raised inside redis-py but not a RedisError (a Cluster client that
+            # re-discovers its nodes while a command uses a connection it closed, a
+            # client misconfigured so that connecting fails with a TypeError): the
+            # store failed, which is a 503, never a 500. Ours stay ours.
+            if not _raised_in_redis_py(exc):
+                raise
+            raise BackendUnavailable(
+                f"the Redis client failed: {type(exc).__name__}: {exc}"
+            ) from exc
         finally:
             del watchdog.pending[id(entry)]
 
