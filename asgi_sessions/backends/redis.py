@@ -287,6 +287,13 @@ class _Watchdog:
             self.handle = None
 
 
+def _fired(entry: list[Any], task: asyncio.Task[Any]) -> bool:
+    """Whether the CancelledError ``task`` got came from the watchdog's ``entry``:
+    only if the entry fired and nobody else cancelled the task too (then it stays
+    a cancellation)."""
+    return bool(entry[3]) and task.uncancel() <= entry[2]
+
+
 class _PoolTimeout(Exception):
     """No connection came back to a :class:`_WaitingPool` in time."""
 
@@ -443,12 +450,13 @@ class _Lane:
         pool = self.pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
+            attempts = connection.retry.call_with_retry(
+                lambda: _exchange(connection, packed),
+                lambda error: connection.disconnect(error=error),
+            )
             timeout = connection.socket_timeout
             if not timeout:
-                return await connection.retry.call_with_retry(
-                    lambda: _exchange(connection, packed),
-                    lambda error: connection.disconnect(error=error),
-                )
+                return await attempts
             watchdog = self.backend._watchdog
             assert watchdog is not None  # every call runs inside RedisBackend._run
             task = asyncio.current_task()
@@ -456,12 +464,9 @@ class _Lane:
             entry: list[Any] = [task, watchdog.loop.time() + timeout, task.cancelling(), False]
             watchdog.pending[id(entry)] = entry
             try:
-                return await connection.retry.call_with_retry(
-                    lambda: _exchange(connection, packed),
-                    lambda error: connection.disconnect(error=error),
-                )
+                return await attempts
             except asyncio.CancelledError:
-                if entry[3] and task.uncancel() <= entry[2]:
+                if _fired(entry, task):
                     raise RedisTimeoutError(
                         f"Timeout reading from Redis after {timeout}s"
                     ) from None
@@ -780,8 +785,7 @@ class RedisBackend:
         try:
             return await operation
         except asyncio.CancelledError:
-            # Ours only if the watchdog fired and nobody else cancelled the task too.
-            if entry[3] and task.uncancel() <= entry[2]:
+            if _fired(entry, task):
                 raise BackendUnavailable(
                     f"Redis did not answer within {self.operation_timeout}s"
                 ) from None
