@@ -371,3 +371,20 @@ async def test_a_failing_revalidate_fails_closed_and_a_failing_event_hook_is_ign
     assert b"users database" not in response.body
     state["down"] = False
     assert (await client.get("/read")).json() == {"user": "ann"}  # the session survived
+
+
+async def test_the_refresh_token_id_cache_is_bounded(store: Any, clock: FakeClock) -> None:
+    """The read path keeps refresh token -> session ID for repeated cookies; it
+    holds at most the verified-token cache's size, and a cached ID never lets a
+    revoked session back in."""
+    backend = hybrid(store, clock, cache_size=8)
+    clients = [client_for(backend, clock) for _ in range(20)]
+    for client in clients:
+        await client.get("/set?k=v")
+        assert (await client.get("/read")).json() == {"k": "v"}
+    assert 0 < len(backend._ids) <= 8
+    session_id = next(iter(backend._ids.values()))
+    token = next(iter(backend._ids))
+    owner = next(c for c in clients if pair(c)[1] == token)
+    await backend.revoke(session_id)
+    assert (await owner.get("/read")).json() == {}

@@ -315,6 +315,9 @@ class HybridBackend:
         # What this process revoked (session ID -> until when its access tokens may
         # still be presented), so they stop here at once.
         self._revoked: dict[str, float] = {}
+        # refresh token -> its session ID (a format check and a SHA-256 saved), bounded
+        # like the verified-token cache.
+        self._ids: dict[str, str] = {}
         # revoke_all(): access tokens issued before this second stop here at once.
         self._revoked_before = -math.inf
 
@@ -334,7 +337,12 @@ class HybridBackend:
         access, dot, refresh = token.rpartition(".")
         if not dot or not access:
             raise InvalidToken("not an access and refresh token pair")
-        session_id = checked_id(refresh)
+        ids = self._ids
+        session_id = ids.get(refresh)
+        if session_id is None:
+            session_id = checked_id(refresh)  # a malformed token never reaches the store
+            make_room(ids, self._tokens.cache_size or 1)
+            ids[refresh] = session_id
         entry = self._access(access)
         if entry.sid != session_id:
             raise InvalidToken("the access token belongs to another session")
