@@ -18,9 +18,9 @@ its key-format detection and a per-character base64 check on every token.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
+import hmac
 import json
 import math
 import re
@@ -57,6 +57,12 @@ _MAX_HEADER_LENGTH: Final = 512
 _MAX_TIME: Final = 2**53
 _MAX_SID_LENGTH: Final = 128
 _HMAC_MINIMUM: Final = {"HS256": 32, "HS384": 48, "HS512": 64}  # RFC 7518 3.2
+# The HMAC algorithms' hashes: for these the one-shot ``hmac.digest`` (what pyjwt's
+# HMACAlgorithm computes with an ``hmac.new`` object) signs and verifies.
+_HMAC_HASH: Final = {"HS256": "sha256", "HS384": "sha384", "HS512": "sha512"}
+# base64url <-> base64, for binascii's one-call codecs.
+_FROM_URLSAFE: Final = bytes.maketrans(b"-_", b"+/")
+_TO_URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
 _RAW_DATA: Final = "jwt.dat"  # key in SessionRecord.extra: the data's JSON as loaded
 # Key in SessionRecord.extra: the session family a token carries in its ``fam`` claim
 # (the hybrid backend's access tokens; plain JWT sessions have none).
@@ -524,7 +530,11 @@ class JWTBackend:
         payload = f'{head[:-1]},"dat":{raw}}}'.encode()
         signer = self._signer
         signing_input = signer.header + b"." + _b64encode(payload)
-        signature = signer.alg.sign(signing_input, signer.signing)
+        digest = _HMAC_HASH.get(signer.algorithm)
+        if digest is not None:
+            signature = hmac.digest(signer.signing, signing_input, digest)
+        else:
+            signature = signer.alg.sign(signing_input, signer.signing)
         token = (signing_input + b"." + _b64encode(signature)).decode("ascii")
         if len(token) > MAX_TOKEN_LENGTH:
             raise SessionTooLarge(
@@ -554,8 +564,15 @@ class JWTBackend:
             key = self._key_for(head)
         signature = _b64decode(crypto, "signature")
         signing_input = raw[: len(head) + 1 + len(body)]
+        digest = _HMAC_HASH.get(key.algorithm)
         try:
-            valid = key.alg.verify(signing_input, key.verifying, signature)
+            if digest is not None:
+                # Constant-time, as pyjwt's HMACAlgorithm.verify compares.
+                valid = hmac.compare_digest(
+                    hmac.digest(key.verifying, signing_input, digest), signature
+                )
+            else:
+                valid = key.alg.verify(signing_input, key.verifying, signature)
         except _VERIFY_ERRORS as exc:
             raise InvalidToken(f"JWT rejected: {type(exc).__name__}") from None
         if valid is not True:
@@ -563,7 +580,9 @@ class JWTBackend:
         # Only now is the payload decoded: nothing an attacker wrote is parsed before
         # the signature has been checked.
         try:
-            claims = json.loads(_b64decode(body, "payload"))
+            # From str: json.loads(bytes) first guesses the encoding, and JSON text in
+            # a JWS is UTF-8 (RFC 7519 section 7.2).
+            claims = json.loads(_b64decode(body, "payload").decode())
         except (ValueError, RecursionError):
             raise InvalidToken("JWT payload is not JSON") from None
         if type(claims) is not dict:
@@ -642,7 +661,7 @@ class JWTBackend:
 
 def _b64encode(raw: bytes) -> bytes:
     """Base64url without padding (RFC 7515 section 2)."""
-    return base64.urlsafe_b64encode(raw).rstrip(b"=")
+    return binascii.b2a_base64(raw, newline=False).translate(_TO_URLSAFE).rstrip(b"=")
 
 
 def _b64decode(segment: bytes, name: str) -> bytes:
@@ -653,7 +672,9 @@ def _b64decode(segment: bytes, name: str) -> bytes:
     if len(segment) % 4 == 1:
         raise InvalidToken(f"JWT {name} is not base64url (length)")
     try:
-        decoded = base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4))
+        decoded = binascii.a2b_base64(
+            segment.translate(_FROM_URLSAFE) + b"=" * (-len(segment) % 4), strict_mode=True
+        )
     except (ValueError, binascii.Error):
         raise InvalidToken(f"JWT {name} is not base64url") from None
     if _b64encode(decoded) != segment:
