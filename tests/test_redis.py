@@ -217,6 +217,13 @@ async def test_grace_alias_reads_but_never_forks_then_dies(raw: Redis, redis_url
         (b"s", b"\x93\xcb\x00\x00\x00\x00\x00\x00\x00\x00\x01\xc0"),  # a non-str IP
         (b"t", b"not a number"),  # the refresh schedule is unreadable: no refresh, still loads
         (b"z", b"not numbers"),
+        # Found by tests/test_fuzz_targets.py: Lua's tonumber reads nan and inf, and a
+        # deadline of inf or centuries away made PEXPIRE fail the script (a 503).
+        (b"z", b"nan inf nan"),
+        (b"z", b"1 inf 1e300"),
+        (b"z", b"1 1e300 1e300"),
+        (b"z", b"inf 100 1e300"),
+        (b"z", b"-1 -1 -1"),
     ],
 )
 async def test_a_garbage_record_gives_an_empty_session_and_is_removed(
@@ -231,10 +238,26 @@ async def test_a_garbage_record_gives_an_empty_session_and_is_removed(
     await raw.hdel(key, "x")
     backend._due.clear()
     if field in (b"t", b"z"):
+        await raw.hset(key, "t", "0")  # the refresh is due, so the script reads z
         response = await client.get("/read")
         assert response.status == 200
         assert response.json() == {"k": "v"}
         return
+    response = await client.get("/read")
+    assert response.status == 200
+    assert response.json() == {}
+    assert await keys_of(raw, backend) == []
+
+
+async def test_an_empty_view_is_a_corrupt_record_and_is_removed(
+    raw: Redis, backend: RedisBackend
+) -> None:
+    """Found by the fuzz target: an empty ``x`` read as "no session" and the record
+    stayed; it is a corrupt record like any other."""
+    client = client_for(backend)
+    await client.get("/set?k=v")
+    (key,) = await keys_of(raw, backend)
+    await raw.hset(key, "x", b"")
     response = await client.get("/read")
     assert response.status == 200
     assert response.json() == {}

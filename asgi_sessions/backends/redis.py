@@ -147,8 +147,10 @@ local now = tonumber(ARGV[1])
 if now and t and z and not a and now >= (tonumber(t) or math.huge) then
   local period, idle, cap = string.match(z, '^(%S+) (%S+) (%S+)$')
   period, idle, cap = tonumber(period), tonumber(idle), tonumber(cap)
-  if period and idle and cap and math.min(now + idle, cap) > now then
-    local deadline = math.min(now + idle, cap)
+  local deadline = period and idle and cap and math.min(now + idle, cap)
+  -- Comparisons that NaN fails: a z that is not ours (nan, inf, a deadline centuries
+  -- away, which PEXPIRE refuses) refreshes nothing, and the read goes on.
+  if deadline and deadline > now and deadline - now < 1e10 and period > 0 and period < 1e10 then
     -- Best effort: a server out of memory refuses the write, and the read goes on.
     local ok = redis.pcall('HSET', KEYS[1], 's', ARGV[2], 't', tostring(now + period))
     if not (type(ok) == 'table' and ok.err) then
@@ -844,7 +846,7 @@ class RedisBackend:
             if not (isinstance(cause, ResponseError) and "WRONGTYPE" in str(cause)):
                 raise
             raw = b"\xc1"  # not a hash: a corrupt record, handled below
-        if not raw:
+        if raw is None:
             self._due.pop(session_id, None)
             return None
         try:
