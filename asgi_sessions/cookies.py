@@ -182,25 +182,34 @@ class CookieSettings:
         duplicate = False
         chunks: dict[int, bytes] = {}
         bad_chunk = False
-        names: list[str] = []
+        # Each name once, and only names we could have written: every one of them
+        # may get an expiring Set-Cookie, so a header that repeats a name thousands
+        # of times must not multiply the response's headers.
+        names: dict[str, None] = {}
         for part in header.split(b";"):
             key, eq, raw = part.strip().partition(b"=")
             if not eq:
                 continue
             key = key.strip()
             if key == name:
-                names.append(self.name)
+                names[self.name] = None
                 if value is not None:
                     duplicate = True
                 value = raw.strip()
             elif key.startswith(chunk_prefix):
                 index_text = key[len(chunk_prefix) :]
-                if not index_text.isdigit() or len(index_text) > 2:
+                # Chunks are named name.0 to name.99: "name.01" is not one of ours.
+                if (
+                    not index_text.isdigit()
+                    or len(index_text) > 2
+                    or (len(index_text) == 2 and index_text[0] == 0x30)
+                ):
                     continue
                 index = int(index_text)
-                names.append(key.decode("latin-1"))
                 if index in chunks or index >= self.max_chunks:
                     bad_chunk = True
+                else:
+                    names[key.decode("ascii")] = None
                 chunks[index] = raw.strip()
         seen = tuple(names)
         if duplicate:

@@ -91,6 +91,24 @@ def test_unchunked_cookie_wins_over_stale_chunks_and_reports_them() -> None:
     assert set(result.names) == {"session", "session.0", "session.1"}
 
 
+def test_names_are_reported_once_and_only_names_we_could_have_written() -> None:
+    """Found by tests/test_fuzz_targets.py: every name reported gets an expiring
+    Set-Cookie when the session is written, and a header repeating ``session.1``
+    2,000 times made a response with 2,001 Set-Cookie headers."""
+    header = b"; ".join([b"session.1=x"] * 2000) + b"; session.01=y; session.99=z; session=v"
+    result = read(header)
+    assert result.value == "v"
+    assert result.names == ("session.1", "session")
+    settings = CookieSettings()
+    assert len(settings.render("new", 60, result.names)) == 2
+
+
+def test_a_chunk_name_we_never_write_is_not_a_chunk() -> None:
+    assert read(b"session.00=abc").value is None
+    assert read(b"session.00=abc").names == ()
+    assert read(b"session.0=abc; session.01=zzz").value == "abc"
+
+
 def test_render_attributes_once_and_in_order() -> None:
     settings = CookieSettings(domain="example.com", partitioned=True, same_site="strict")
     (header,) = settings.render("v", 60)
