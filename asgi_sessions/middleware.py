@@ -512,7 +512,20 @@ class SessionMiddleware:
             try:
                 cookies = self.cookie.render(value, max_age, seen)
             except ValueError as exc:
-                raise SessionTooLarge(f"the session does not fit in cookies: {exc}") from None
+                if action is not Action.TOUCH:
+                    raise SessionTooLarge(f"the session does not fit in cookies: {exc}") from None
+                # A re-issue the app did not ask for (a refreshed hybrid access token,
+                # a JWT under the newest key) no longer fits the cookies: the session
+                # cannot go on, so it ends, and the request that changed nothing is
+                # answered as the app wrote it.
+                logger.warning(
+                    "session %s: its re-issued cookie no longer fits (%s); ended",
+                    fingerprint(value),
+                    exc,
+                )
+                await self.backend.delete(value, stored)
+                self._set_cookies(headers, self.cookie.render_delete(seen))
+                return None
             self._set_cookies(headers, cookies)
         return value
 

@@ -254,6 +254,68 @@ async def test_tampered_and_mismatched_pairs_are_rejected(store: Any, clock: Fak
         assert response.json() == {}
 
 
+async def _plant(store: Any, refresh: str, value: Any, clock: FakeClock) -> None:
+    """Write ``value`` under key "a" through the store itself (whose serializer takes
+    what an access token cannot), as another program sharing the store could."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        scope["session"]["a"] = value
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    direct = Client(SessionMiddleware(app, backend=store, clock=clock))
+    assert (await direct.get("/", cookie=f"session={refresh}".encode())).status == 200
+
+
+async def test_a_stored_value_an_access_token_cannot_carry_ends_the_session_at_refresh(
+    redis_url: str, clock: FakeClock
+) -> None:
+    """Found by tests/test_fuzz_targets.py: the refresh issued an access token from
+    whatever the store held, and bytes there (which the Redis store's msgpack takes;
+    the memory store refuses them) made the request a 500."""
+    store = RedisBackend(redis_url, prefix=f"h{uuid.uuid4().hex[:12]}:")
+    try:
+        backend = hybrid(store, clock)
+        client = client_for(backend, clock)
+        await client.get("/set?k=v")
+        _, refresh = pair(client)
+        await _plant(store, refresh, b"raw bytes", clock)
+        clock.advance(ACCESS + 1)
+        response = await client.get("/read")
+        assert response.status == 200
+        assert response.json() == {}
+        assert await store.load(refresh, now=clock()) is None  # removed, as a corrupt record
+    finally:
+        await store.aclose()
+
+
+async def test_a_refresh_whose_new_cookie_no_longer_fits_ends_the_session(
+    store: Any, clock: FakeClock
+) -> None:
+    """Found by tests/test_fuzz_targets.py: stored data too big for the access token
+    (written around this backend) made the refresh's cookie fail to render, a 500 on
+    a request that changed nothing. The request is answered; the session ends."""
+    backend = hybrid(store, clock)
+    client = client_for(backend, clock)
+    await client.get("/set?k=v")
+    old = client.jar["session"]
+    _, refresh = pair(client)
+    await _plant(store, refresh, "x" * 20_000, clock)
+    clock.advance(ACCESS + 1)
+    response = await client.get("/read")
+    assert response.status == 200
+    assert response.json() == {"k": "v", "a": "x" * 20_000}
+    assert any(c.startswith("session=;") and "Max-Age=0" in c for c in response.set_cookies)
+    assert "session" not in client.jar
+    # The refresh's new session is gone; the old pair is only the grace alias.
+    if isinstance(store, MemoryBackend):
+        clock.advance(6)  # past the grace: the old pair is anonymous too
+        assert (await client.get("/read", cookie=f"session={old}".encode())).json() == {}
+    else:
+        keys = [k async for k in store.client.scan_iter(match=f"{store.prefix}s:*")]
+        assert [k for k in keys if not await store.client.hexists(k, "a")] == []
+
+
 async def test_values_must_fit_the_access_token_and_the_store(store: Any, clock: FakeClock) -> None:
     from datetime import UTC, datetime
 

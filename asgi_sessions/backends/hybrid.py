@@ -60,6 +60,7 @@ from asgi_sessions.errors import (
     BackendUnavailable,
     ConfigurationError,
     InvalidToken,
+    SerializationError,
     SessionGone,
 )
 from asgi_sessions.events import Emitter, EventHook, EventName, SessionEvent, session_hash
@@ -473,6 +474,20 @@ class HybridBackend:
             record.extra[_REFRESH] = refresh
             return record
         if policy is not None and policy.is_expired(record, now):
+            return None
+        try:
+            self._tokens.serializer.dumps(record.data)
+        except SerializationError as exc:
+            # The store holds data an access token cannot carry (bytes, a datetime:
+            # written by something other than this backend, whose writes refuse
+            # them): a record that is not ours, removed like any corrupt record.
+            logger.warning(
+                "session %s: stored data cannot go into an access token (%s); removed",
+                session_id[:12],
+                exc,
+            )
+            await store.delete(refresh, record)
+            self._mark_revoked(session_id)
             return None
         if self.revalidate is not None and not await self._revalidate(record):
             logger.info("session %s: refresh vetoed by revalidate(); ended", session_id[:12])
