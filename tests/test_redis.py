@@ -264,6 +264,26 @@ async def test_an_empty_view_is_a_corrupt_record_and_is_removed(
     assert await keys_of(raw, backend) == []
 
 
+async def test_a_stored_alias_or_index_member_that_is_not_a_session_id_is_ignored(
+    raw: Redis, backend: RedisBackend
+) -> None:
+    """Found by tests/test_fuzz_targets.py: an ``a`` field of non-UTF-8 bytes made a
+    logout (which follows aliases) raise UnicodeDecodeError, a 500; an index member
+    that is not a session ID would have been made into a key name."""
+    client = client_for(backend)
+    await client.get("/bind?user=ann")
+    (session_key,) = [k for k in await keys_of(raw, backend) if b":s:" in k]
+    (index_key,) = [k for k in await keys_of(raw, backend) if b":u:" in k]
+    await raw.hset(session_key, "a", b"\x80")
+    await raw.zadd(index_key, {b"\x80\xff": 1e12, b"../../x": 1e12})
+    sessions = await backend.list_sessions("ann")
+    assert len(sessions) == 1
+    response = await client.get("/invalidate")
+    assert response.status == 200
+    assert await raw.exists(session_key) == 0
+    assert await backend.revoke_user("ann") == 0
+
+
 async def test_refresh_is_folded_into_the_load(
     raw: Redis, backend: RedisBackend, clock: FakeClock
 ) -> None:

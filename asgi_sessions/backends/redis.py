@@ -55,6 +55,7 @@ import collections
 import contextlib
 import hashlib
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -534,6 +535,14 @@ def _str(raw: Any) -> str:
     return raw
 
 
+def _alias(raw: Any) -> str:
+    """The session a grace alias points to, from a stored view."""
+    alias = _id(_str(raw))
+    if alias is None:
+        raise ValueError("alias target is not a session ID")
+    return alias
+
+
 def _optional_str(raw: Any) -> str | None:
     return None if raw is None else _str(raw)
 
@@ -642,12 +651,25 @@ def _state(meta: bytes | None, seen: bytes | None, alias: bytes | None) -> _Stat
     except Exception:  # any decode failure: msgpack raises several types
         return None
     return _State(
-        created, last_seen, ip, user_agent, user_id, None if alias is None else _decode(alias)
+        created, last_seen, ip, user_agent, user_id, None if alias is None else _id(alias)
     )
 
 
-def _decode(raw: Any) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
+_SESSION_ID = re.compile(rb"[0-9a-f]{64}")
+
+
+def _id(raw: Any) -> str | None:
+    """A session ID (SHA-256 hex) read from a stored alias or index member; None for
+    anything else, which no code of ours wrote and which must not reach a key name."""
+    if type(raw) is str:
+        raw = raw.encode("utf-8", "replace")
+    if type(raw) is not bytes or not _SESSION_ID.fullmatch(raw):
+        return None
+    return raw.decode("ascii")
+
+
+def _ids(raws: Sequence[Any]) -> list[str]:
+    return [i for i in map(_id, raws) if i is not None]
 
 
 class RedisBackend:
@@ -923,7 +945,7 @@ class RedisBackend:
             ip,
             user_agent,
             _number(due),
-            None if alias is None else _str(alias),
+            None if alias is None else _alias(alias),
             flat,
         )
 
@@ -1076,9 +1098,7 @@ class RedisBackend:
         record.extra = {"meta": meta, "view": view}
         self._remember(new_id, due)
         if user is not None:
-            await self._prune(
-                user, [_decode(m) for m in members], now, keep_newest=self.max_sessions_per_user
-            )
+            await self._prune(user, _ids(members), now, keep_newest=self.max_sessions_per_user)
         return new
 
     async def _forget(self, session_id: str, user_id: str | None) -> None:
@@ -1142,14 +1162,14 @@ class RedisBackend:
             asyncio.gather(*(_end(self.client, self._key(i)) for i in ids), *also)
         )
         replies = replies[: len(ids)]
-        rotated = [_decode(alias) for _, alias in replies if alias]
+        rotated = _ids([alias for _, alias in replies if alias])
         for _ in range(_MAX_HOPS):
             if not rotated:
                 break
             more = await self._run(
                 asyncio.gather(*(_end(self.client, self._key(i)) for i in rotated))
             )
-            rotated = [_decode(alias) for _, alias in more if alias]
+            rotated = _ids([alias for _, alias in more if alias])
         return [bool(deleted) for deleted, _ in replies]
 
     def _index_add(
@@ -1214,7 +1234,7 @@ class RedisBackend:
 
     async def _members(self, user_id: str) -> list[str]:
         raw = await self._run(self.client.zrange(self._user_key(user_id), 0, -1))
-        return [_decode(m) for m in raw]
+        return _ids(raw)
 
     async def list_sessions(self, user_id: str, *, current: str | None = None) -> list[SessionInfo]:
         now = self.clock()
