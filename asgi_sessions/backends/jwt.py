@@ -53,8 +53,9 @@ _SHAPE: Final = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 MAX_TOKEN_LENGTH: Final = 64 * 1024
 # Our header is about 100 base64 characters; a bigger one is not ours.
 _MAX_HEADER_LENGTH: Final = 512
-# Times are seconds since the epoch; JSON's exact-integer range is plenty.
-_MAX_TIME: Final = 2**53
+# Times are seconds since the epoch, at most 10**12 (the year 33658): a deny-list
+# TTL derived from a later one would be outside what Redis's SET PX accepts.
+_MAX_TIME: Final = 10**12
 _MAX_SID_LENGTH: Final = 128
 _HMAC_MINIMUM: Final = {"HS256": 32, "HS384": 48, "HS512": 64}  # RFC 7518 3.2
 # The HMAC algorithms' hashes: for these the one-shot ``hmac.digest`` (what pyjwt's

@@ -522,11 +522,23 @@ def _number(raw: Any) -> float | None:
     return float(raw)
 
 
+# Stored times are epoch seconds that this library wrote. One outside [0, 10**12] (the
+# year 33658), or NaN, is not ours, and a TTL derived from it would be outside what
+# Redis's PEXPIRE and SET PX accept: the record is corrupt.
+_MAX_STORED_TIME = 10**12
+
+
 def _time(raw: Any) -> float:
     value = _number(raw)
     if value is None:
         raise ValueError("a required time is missing")
+    if not 0 <= value <= _MAX_STORED_TIME:
+        raise ValueError("a stored time is out of range")
     return value
+
+
+def _optional_time(raw: Any) -> float | None:
+    return None if raw is None else _time(raw)
 
 
 def _str(raw: Any) -> str:
@@ -553,13 +565,13 @@ def _meta(meta: Any) -> tuple[float, float, int | None, float | None, bool, str 
     if type(meta) is not dict:
         raise ValueError("session metadata is not a map")
     idle = meta.get("i")
-    if idle is not None and type(idle) is not int:
-        raise ValueError("idle timeout is not an int")
+    if idle is not None and (type(idle) is not int or not 0 < idle <= _MAX_STORED_TIME):
+        raise ValueError("idle timeout is not a positive int in range")
     return (
         _time(meta["c"]),
         _time(meta["r"]),
         idle,
-        _number(meta.get("f")),
+        _optional_time(meta.get("f")),
         meta.get("b") is True,
         _optional_str(meta.get("u")),
     )
