@@ -127,6 +127,24 @@ class Response:
         return json.loads(self.body)
 
 
+def http_scope(path: str, query: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """The scope of an HTTPS GET from 127.0.0.1."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "https",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 1234),
+        "server": ("testserver", 443),
+    }
+
+
 @dataclass
 class Client:
     """Drives an ASGI app in-process, keeping cookies like a browser would."""
@@ -143,20 +161,7 @@ class Client:
             headers.append((b"cookie", cookie))
         elif self.jar:
             headers.append((b"cookie", "; ".join(f"{k}={v}" for k, v in self.jar.items()).encode()))
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "https",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": query.encode(),
-            "root_path": "",
-            "headers": headers,
-            "client": ("127.0.0.1", 1234),
-            "server": ("testserver", 443),
-        }
+        scope = http_scope(path, query, headers)
         sent: list[Message] = []
 
         async def receive() -> Message:

@@ -51,6 +51,7 @@ from asgi_sessions.backends.redis import RedisBackend
 from asgi_sessions.cookies import CookieSettings
 from asgi_sessions.errors import SerializationError
 from asgi_sessions.msgpack_serializer import MsgpackSerializer
+from tests.asgi import http_scope
 from tests.figures import report
 
 EXAMPLES = int(os.environ.get("ASGI_SESSIONS_FUZZ_EXAMPLES", "200"))
@@ -85,20 +86,7 @@ class Target:
         headers = [(b"user-agent", b"fuzz/1.0")]
         if cookie is not None:
             headers.append((b"cookie", cookie))
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "https",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": query.encode(),
-            "root_path": "",
-            "headers": headers,
-            "client": ("127.0.0.1", 1234),
-            "server": ("testserver", 443),
-        }
+        scope = http_scope(path, query, headers)
         sent: list[dict[str, Any]] = []
 
         async def receive() -> dict[str, Any]:
