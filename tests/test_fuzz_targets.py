@@ -62,6 +62,10 @@ SECRET = "fuzz-target-secret-of-at-least-32-bytes!"
 # what it declares would blow far past this.
 MEMORY_BOUND = 4 * 1024 * 1024
 
+# The targets test what hostile input does, not latency: on a loaded machine (a long
+# run shares its cores) the default 0.5 s socket timeout fired once, a correct 503.
+_PATIENT: dict[str, Any] = {"socket_timeout": 5.0, "operation_timeout": 10.0}
+
 _SETTINGS = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -434,7 +438,9 @@ def token_backend(request: pytest.FixtureRequest) -> Iterator[tuple[str, Any, An
         backend: Any = JWTBackend(SECRET)
     else:
         store = RedisBackend(
-            request.getfixturevalue("redis_url"), prefix=f"fuzz{uuid.uuid4().hex[:8]}:"
+            request.getfixturevalue("redis_url"),
+            prefix=f"fuzz{uuid.uuid4().hex[:8]}:",
+            **_PATIENT,
         )
         backend = HybridBackend(store, secret=SECRET)
     yield request.param, backend, loop
@@ -626,7 +632,7 @@ def store_app(
 ) -> Iterator[tuple[str, Any, RedisBackend, Any, Any]]:
     loop = asyncio.new_event_loop()
     store = RedisBackend(
-        request.getfixturevalue("redis_url"), prefix=f"fuzz{uuid.uuid4().hex[:8]}:"
+        request.getfixturevalue("redis_url"), prefix=f"fuzz{uuid.uuid4().hex[:8]}:", **_PATIENT
     )
     clock = [time.time()]
     backend: Any = store if request.param == "redis" else HybridBackend(store, secret=SECRET)
