@@ -667,17 +667,17 @@ def _state(meta: bytes | None, seen: bytes | None, alias: bytes | None) -> _Stat
     )
 
 
-_SESSION_ID = re.compile(rb"[0-9a-f]{64}")
+_SESSION_ID = re.compile(r"[0-9a-f]{64}")
 
 
 def _id(raw: Any) -> str | None:
     """A session ID (SHA-256 hex) read from a stored alias or index member; None for
     anything else, which no code of ours wrote and which must not reach a key name."""
-    if type(raw) is str:
-        raw = raw.encode("utf-8", "replace")
-    if type(raw) is not bytes or not _SESSION_ID.fullmatch(raw):
+    if type(raw) is bytes:
+        raw = raw.decode("latin-1")  # never fails; a non-ASCII byte then fails the match
+    if type(raw) is not str or not _SESSION_ID.fullmatch(raw):
         return None
-    return raw.decode("ascii")
+    return raw
 
 
 def _ids(raws: Sequence[Any]) -> list[str]:
