@@ -333,11 +333,13 @@ class MsgpackSerializer:
 
     # -- reading -------------------------------------------------------------------
 
-    def unpack(self, raw: bytes) -> Any:
-        """Any msgpack document under ``max_size`` bytes, with the timestamp extension
-        as UTC datetimes; :class:`SerializationError` for anything else. The result
-        is not checked: pass the session data in it to :meth:`check_loaded`."""
-        return self._unpack(raw)
+    def unpack(self, raw: bytes, *, limit: int | None = None) -> Any:
+        """Any msgpack document of at most ``limit`` bytes (default ``max_size``), with
+        the timestamp extension as UTC datetimes; :class:`SerializationError` for
+        anything else. The result is not checked: pass the session data in it to
+        :meth:`check_loaded`. A store whose records carry metadata besides the
+        session data passes a ``limit`` with room for it."""
+        return self._unpack(raw, self.max_size if limit is None else limit)
 
     def check_loaded(self, data: Any) -> dict[str, Any]:
         """``data`` if it is a session's data as the dump methods produce it (a
@@ -351,10 +353,10 @@ class MsgpackSerializer:
             self._invalid_record(problem)
         return data
 
-    def _unpack(self, raw: bytes) -> Any:
-        if len(raw) > self.max_size:
+    def _unpack(self, raw: bytes, limit: int) -> Any:
+        if len(raw) > limit:
             raise SerializationError(
-                f"stored record of {len(raw)} bytes is over the limit of {self.max_size}"
+                f"stored record of {len(raw)} bytes is over the limit of {limit}"
             )
         try:
             return _unpackb(raw, raw=False, strict_map_key=True, timestamp=3, ext_hook=_unknown_ext)
@@ -372,7 +374,7 @@ class MsgpackSerializer:
     def loads_value(self, raw: bytes) -> Any:
         """One session value from :meth:`dumps_value` bytes; any other input raises
         :class:`SerializationError`."""
-        value = self._unpack(raw)
+        value = self._unpack(raw, self.max_size)
         if type(value) not in _LEAVES:
             problem = _value_problem("value", value, self.max_depth)
             if problem is not None:
@@ -382,7 +384,7 @@ class MsgpackSerializer:
     def loads(self, raw: bytes) -> dict[str, Any]:
         """A whole session from :meth:`dumps` bytes: a ``dict`` with ``str`` keys;
         any other input raises :class:`SerializationError`."""
-        return self.check_loaded(self._unpack(raw))
+        return self.check_loaded(self._unpack(raw, self.max_size))
 
     @staticmethod
     def _invalid_record(problem: tuple[_Path, Any, str]) -> NoReturn:

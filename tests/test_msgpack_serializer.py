@@ -335,6 +335,16 @@ def test_size_limit_on_dumps() -> None:
         default.check("k", b"x" * (1024 * 1024))
 
 
+def test_unpack_takes_its_limit_or_max_size() -> None:
+    serializer = MsgpackSerializer(max_size=100)
+    document = msgpack.packb(["x" * 150])
+    with pytest.raises(SerializationError, match="over the limit of 100"):
+        serializer.unpack(document)
+    assert serializer.unpack(document, limit=200) == ["x" * 150]
+    with pytest.raises(SerializationError, match="over the limit of 120"):
+        serializer.unpack(document, limit=120)
+
+
 def test_an_oversized_value_does_not_keep_a_big_packer_buffer() -> None:
     serializer = MsgpackSerializer(max_size=100)
     pack = serializer._pack

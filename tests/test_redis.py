@@ -8,6 +8,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import msgpack
@@ -16,6 +17,8 @@ from redis.asyncio import Redis
 
 from asgi_sessions import BackendUnavailable, ConfigurationError, SessionMiddleware
 from asgi_sessions.backends.redis import _VIEW, RedisBackend
+from asgi_sessions.errors import SessionTooLarge
+from asgi_sessions.msgpack_serializer import MsgpackSerializer
 from tests.asgi import Client, session_app
 from tests.conftest import FakeClock
 from tests.redis_monitor import commands_sent
@@ -489,6 +492,181 @@ async def test_a_view_is_never_built_from_a_list_changed_in_place(
     record = await backend.load(client.jar["session"], now=time.time())
     assert record is not None
     assert record.data == {"cart": [1], "n": 1}
+
+
+async def test_a_view_this_process_stored_is_cached_as_decoding_it_gives(
+    raw: Redis, backend: RedisBackend
+) -> None:
+    """A save enters the view it stored into the views cache, so the next load of
+    it decodes nothing; the entry must be exactly what decoding gives (values and
+    their types), and the next save, which reuses the pairs of the keys it leaves
+    alone, must store the view the fields give. Values that load back as another
+    type (a datetime not in UTC loads back in UTC) or can change in place (lists)
+    are never entered: their view is decoded on load as before."""
+    values: dict[str, Any] = {
+        "s": "text €",
+        "i": 2**63,
+        "neg": -5,
+        "f": 1.5,
+        "b": b"\x00\xff",
+        "none": None,
+        "t": True,
+        "utc": datetime(2026, 12, 1, 12, 30, 0, 123456, tzinfo=UTC),
+    }
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        session = scope["session"]
+        key = scope["path"].strip("/")
+        if key.startswith("del-"):
+            del session[key[4:]]
+        elif key == "local":
+            session[key] = datetime(2026, 12, 1, 13, 0, tzinfo=timezone(timedelta(hours=1)))
+        elif key == "list":
+            session[key] = [1, {"a": 2}]
+        else:
+            session[key] = values[key]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    client = Client(SessionMiddleware(app, backend=backend))
+    cached = 0
+    for step in [*values, "del-f", "s", "local", "del-local", "list", "i"]:
+        assert (await client.get(f"/{step}")).status == 200, step
+        (key,) = await keys_of(raw, backend)
+        view = await raw.hget(key, "x")
+        assert view is not None
+        entry = backend._views.get(view)
+        if entry is not None:
+            cached += 1
+            decoded = backend._decode(view)
+            assert entry[:13] == decoded[:13], step
+            assert [type(v) for v in entry[:12]] == [type(v) for v in decoded[:12]], step
+            flat = entry[12]
+            assert [(k, type(v)) for k, v in flat.items()] == [
+                (k, type(v)) for k, v in decoded[12].items()
+            ], step
+        stored = msgpack.unpackb(view, timestamp=3)
+        assert stored == msgpack.unpackb(await rebuilt_view(raw, key), timestamp=3), step
+        # Nothing a later request might see differs from what was set.
+        record = await backend.load(client.jar["session"], now=time.time())
+        assert record is not None
+        if step in ("local", "list"):
+            assert entry is None, step
+    assert cached >= len(values)  # the plain values' views were all entered
+    assert record.data["i"] == 2**63
+    assert record.data["list"] == [1, {"a": 2}]
+    assert "f" not in record.data
+    assert "local" not in record.data
+
+
+async def test_a_session_over_the_size_limit_is_refused_when_written_and_kept(
+    raw: Redis, redis_url: str
+) -> None:
+    """Every value fits, but together they are over the serializer's max_size: the
+    save that would store such a record raises SessionTooLarge and writes nothing,
+    so the session stays as it was (the load would refuse that record, and remove
+    it as corrupt: the user's whole session would be lost on the next request)."""
+    backend = RedisBackend(
+        redis_url, prefix=f"t{uuid.uuid4().hex[:12]}:", serializer=MsgpackSerializer(max_size=1000)
+    )
+    try:
+        client = client_for(backend)
+        assert (await client.get("/set?a=" + "x" * 600)).status == 200
+        with pytest.raises(SessionTooLarge, match="over the limit of 1000 bytes"):
+            await client.get("/set?b=" + "y" * 600)
+        assert (await client.get("/read")).json() == {"a": "x" * 600}
+        # A new session too large from the start is refused, and no key is left.
+        fresh = client_for(backend)
+        with pytest.raises(SessionTooLarge):
+            await fresh.get(f"/set?a={'x' * 600}&b={'y' * 600}")
+        assert len(await keys_of(raw, backend)) == 1
+        # A replacement that fits is fine.
+        assert (await client.get("/set?a=small&b=" + "y" * 600)).status == 200
+        assert (await client.get("/read")).json() == {"a": "small", "b": "y" * 600}
+    finally:
+        await backend.aclose()
+
+
+async def test_a_merge_over_the_size_limit_writes_nothing(raw: Redis, redis_url: str) -> None:
+    """A delta whose loaded view is stale merges in the script, which builds the
+    merged view first and, over the limit, writes nothing: SessionTooLarge, and the
+    record stays the one the other request stored."""
+    prefix = f"t{uuid.uuid4().hex[:12]}:"
+    small = MsgpackSerializer(max_size=1000)
+    backend = RedisBackend(redis_url, prefix=prefix, serializer=small)
+    other = RedisBackend(redis_url, prefix=prefix, serializer=MsgpackSerializer(max_size=1000))
+    try:
+        a = client_for(backend)
+        await a.get("/set?a=1")
+        b = Client(SessionMiddleware(session_app, backend=other), jar=dict(a.jar))
+        gate, loaded = asyncio.Event(), asyncio.Event()
+
+        async def slow(scope: Any, receive: Any, send: Any) -> None:
+            scope["session"]["big"] = "x" * 600
+            loaded.set()
+            await gate.wait()
+            await session_app(scope, receive, send)
+
+        slow_client = Client(SessionMiddleware(slow, backend=backend), jar=dict(a.jar))
+        request = asyncio.ensure_future(slow_client.get("/untouched"))
+        await loaded.wait()
+        assert (await b.get("/set?c=" + "y" * 600)).status == 200
+        gate.set()
+        with pytest.raises(SessionTooLarge, match="other requests stored meanwhile"):
+            await request
+        assert await stored_view_matches_fields(raw, backend) == {"a": "1", "c": "y" * 600}
+        assert (await a.get("/read")).json() == {"a": "1", "c": "y" * 600}
+    finally:
+        await backend.aclose()
+        await other.aclose()
+
+
+async def test_refreshes_never_turn_a_saved_record_into_one_the_load_refuses(
+    raw: Redis, redis_url: str, clock: FakeClock
+) -> None:
+    """A record saved just under max_size, then refreshed by requests from a client
+    with a long address and user agent, and rotated (its old ID a grace alias):
+    the load accepts room for that metadata, which is capped at 256 characters."""
+    backend = RedisBackend(
+        redis_url, prefix=f"t{uuid.uuid4().hex[:12]}:", serializer=MsgpackSerializer(max_size=1000)
+    )
+    try:
+        client = client_for(backend, idle_timeout=600, refresh_after=60, clock=clock)
+        client.user_agent = b"a"
+        value = "x" * 1000
+        while True:  # the largest value that still fits
+            try:
+                await client.get("/set?v=" + value)
+                break
+            except SessionTooLarge:
+                value = value[:-1]
+        (key,) = await keys_of(raw, backend)
+        assert len(await raw.hget(key, "x")) > 1000
+        token = client.jar["session"]
+        clock.advance(61)
+        record = await backend.load(
+            token, now=clock(), policy=client.app.policy, ip="€" * 5000, user_agent="ü" * 256
+        )
+        assert record is not None
+        assert record.refreshed
+        assert record.ip == "€" * 256
+        assert record.user_agent == "ü" * 256
+        assert len(await raw.hget(key, "x")) > 1000 + 1000  # over max_size, by the metadata
+        backend._views.clear()  # decode it again, as another process would
+        assert (await client.get("/read")).json() == {"v": value}
+        client.user_agent = "ü".encode("latin-1") * 300
+        assert (await client.get("/rotate")).status == 200
+        backend._views.clear()
+        old = await backend.load(token, now=clock())
+        assert old is not None
+        assert old.read_only
+        assert old.data == {"v": value}
+        new = await backend.load(client.jar["session"], now=clock())
+        assert new is not None
+        assert new.user_agent == "ü" * 256
+        assert new.data == {"v": value}
+    finally:
+        await backend.aclose()
 
 
 async def test_a_read_inside_the_schedule_is_one_plain_hget(

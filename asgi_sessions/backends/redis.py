@@ -38,6 +38,17 @@ leaves out: it merges the delta into what the other requests stored and rebuilds
 view from the fields. So two requests that change different keys both land; for the
 same key the last commit wins.
 
+Size: a save whose view, not counting its ``s`` entry, would be over the serializer's
+``max_size`` raises :class:`SessionTooLarge` and writes nothing (a merge checks the
+merged view in the script, before it writes). The load accepts a view up to
+``max_size`` plus room for the ``s`` entry (address and user agent, each cut to 256
+characters), so nothing that was saved is ever refused, and removed, as corrupt.
+
+Caches: the views cache maps a view's bytes to its decoded record fields. A save
+enters the view it stored, with the packed pairs of its keys, so the next load of the
+session (whose HGET returns those very bytes unless another request wrote since)
+decodes nothing, and its save packs only the keys it changed.
+
 On a plain or Sentinel client these commands skip redis-py's command layer (see
 ``_Lane``): one packed write and one read on a pooled connection, bounded by this
 backend's watchdog. Everything else, and every command on a Cluster client, goes
@@ -56,9 +67,10 @@ import contextlib
 import hashlib
 import math
 import re
+import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import msgpack
@@ -80,6 +92,7 @@ from asgi_sessions.errors import (
     ConfigurationError,
     SerializationError,
     SessionGone,
+    SessionTooLarge,
 )
 from asgi_sessions.events import Emitter, SessionEvent, session_hash
 from asgi_sessions.msgpack_serializer import MsgpackSerializer
@@ -96,6 +109,9 @@ _unpackb = msgpack.unpackb
 _CONTAINERS = (list, dict)
 # Session values that cannot change in place: the ones a view can be rebuilt from.
 _UNCHANGEABLE = frozenset({type(None), bool, int, float, str, bytes, datetime})
+# Values that load back equal and of the same type (a datetime loads back in UTC: it
+# qualifies only when it is in UTC already, see _utc).
+_ROUND_TRIP = frozenset({type(None), bool, int, float, str, bytes})
 # Not a shared Packer: its buffer is not safe to share between threads, and a
 # backend may serve apps on several threads' event loops.
 _packb = msgpack.packb
@@ -103,8 +119,7 @@ _packb = msgpack.packb
 # msgpack array [m, s, t, alias, {key: value}] made by concatenation (the data
 # fields' names and values are already msgpack), so a read is one plain HGET.
 _VIEW = """
-local function view(key)
-  local h = redis.call('HGETALL', key)
+local function build(h)
   local m, s, t, a = '\\193', '\\193', '\\192', '\\192'
   local parts, n = {}, 0
   for j = 1, #h, 2 do
@@ -125,7 +140,10 @@ local function view(key)
   elseif n < 65536 then header = string.char(222, math.floor(n / 256), n % 256)
   else header = string.char(223, math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
     math.floor(n / 256) % 256, n % 256) end
-  local x = '\\149' .. m .. s .. t .. a .. header .. table.concat(parts)
+  return '\\149' .. m .. s .. t .. a .. header .. table.concat(parts)
+end
+local function view(key)
+  local x = build(redis.call('HGETALL', key))
   -- Best effort: a server out of memory refuses the write; the next writer rebuilds.
   redis.pcall('HSET', key, 'x', x)
   return x
@@ -165,18 +183,22 @@ return '\\146' .. refreshed .. x
 """
 )
 # A save. ARGV: mode (n new, r replace, u delta), TTL in ms, the number of field
-# pairs, the view this request loaded ('' when unknown), the field pairs, then the
-# fields to delete. A new or replaced record arrives with its view as its last pair.
-# So may a delta, built from the loaded view: it is right only if nobody wrote since
-# (the stored view is still the loaded one); otherwise the pair is left out, the
-# delta merges into what other requests stored, and the view is rebuilt from it.
+# pairs, the view this request loaded ('' when unknown), the size limit of a view
+# (not counting its ``s`` entry), the field pairs, then the fields to delete. A new or
+# replaced record arrives with its view as its last pair, its size checked by the
+# caller. So may a delta, built from the loaded view: it is right only if nobody wrote
+# since (the stored view is still the loaded one); otherwise the pair is left out and
+# the delta merges into what other requests stored. A merge's view is built before
+# anything is written: one over the size limit writes nothing, so no save stores a
+# record that the load would refuse.
 # Returns 1 saved, 2 saved by a merge (the view was rebuilt), 0 the new key exists
-# (holding another record: an ID collision), -1 the session is gone or is a grace alias.
+# (holding another record: an ID collision), -1 the session is gone or is a grace
+# alias, 3 the merged view would be over the size limit (nothing written).
 _SAVE = (
     _VIEW
     + """
-local last = 4 + 2 * tonumber(ARGV[3])
-local upto, result = last, 1
+local last = 5 + 2 * tonumber(ARGV[3])
+local upto, merged = last, nil
 if ARGV[1] == 'n' then
   if redis.call('EXISTS', KEYS[1]) == 1 then
     -- This very create, run twice (a client that lost the reply retried it): done.
@@ -190,14 +212,37 @@ else
     redis.call('DEL', KEYS[1])
   elseif ARGV[4] == '' or s[3] ~= ARGV[4] then
     if ARGV[4] ~= '' then upto = last - 2 end
-    result = 2
+    -- The fields as they will be: the stored ones, these pairs over them, and the
+    -- deleted ones blanked (a field name the view leaves out).
+    local h = redis.call('HGETALL', KEYS[1])
+    local at = {}
+    for j = 1, #h, 2 do at[h[j]] = j end
+    for j = 6, upto, 2 do
+      local i = at[ARGV[j]]
+      if i then h[i + 1] = ARGV[j + 1] else
+        h[#h + 1] = ARGV[j]
+        h[#h + 1] = ARGV[j + 1]
+        at[ARGV[j]] = #h - 1
+      end
+    end
+    for j = last + 1, #ARGV do
+      local i = at[ARGV[j]]
+      if i then h[i] = '' end
+    end
+    merged = build(h)
+    local seen = at['s'] and h[at['s'] + 1] or ''
+    if #merged - #seen > tonumber(ARGV[5]) then return 3 end
   end
 end
-if upto > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5, upto)) end
+if upto > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6, upto)) end
 if #ARGV > last then redis.call('HDEL', KEYS[1], unpack(ARGV, last + 1, #ARGV)) end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-if result == 2 then view(KEYS[1]) end
-return result
+if merged then
+  -- Best effort: a server out of memory refuses the write; the next writer rebuilds.
+  redis.pcall('HSET', KEYS[1], 'x', merged)
+  return 2
+end
+return 1
 """
 )
 _TOUCH = (
@@ -584,9 +629,46 @@ def _seen(seen: Any) -> tuple[float, str | None, str | None]:
     return _time(seen[0]), _optional_str(seen[1]), _optional_str(seen[2])
 
 
+# The longest client address and user agent kept in a session's ``s`` field (the
+# middleware already cuts the user agent to 256 bytes).
+_MAX_SEEN_TEXT = 256
+
+
+def _seen_list(last_seen: float, ip: str | None, user_agent: str | None) -> list[Any]:
+    """The ``s`` field before packing: [last seen, client address, user agent]."""
+    if ip is not None and len(ip) > _MAX_SEEN_TEXT:
+        ip = ip[:_MAX_SEEN_TEXT]
+    if user_agent is not None and len(user_agent) > _MAX_SEEN_TEXT:
+        user_agent = user_agent[:_MAX_SEEN_TEXT]
+    return [last_seen, ip, user_agent]
+
+
 def _seen_field(record: SessionRecord) -> bytes:
-    """The ``s`` field: [last seen, client address, user agent]."""
-    return _packb([record.last_seen, record.ip, record.user_agent])  # type: ignore[no-any-return]
+    """The ``s`` field, packed."""
+    return _packed_seen(_seen_list(record.last_seen, record.ip, record.user_agent))
+
+
+# A save refuses a view over the serializer's max_size, not counting its ``s`` entry
+# (when and where the session was last seen); the scripts that refresh the view later
+# (a load's sliding refresh, a touch, a rotation's retirement) rewrite ``s`` (at most
+# 1 + 9 + 2 * (3 + 4 * 256) bytes), ``t`` (9) and the alias (66), not the data. A load
+# accepts a view this much over max_size, so no refresh turns a record that was saved
+# into one the load refuses.
+_VIEW_ROOM = 4096
+
+
+def _too_large(size: int | None, limit: int) -> str:
+    what = "packs" if size is None else f"packs to {size} bytes,"
+    return (
+        f"{what} over the limit of {limit} bytes for a stored session (the "
+        "serializer's max_size); store less in it, or raise "
+        "MsgpackSerializer(max_size=...)"
+    )
+
+
+def _utc(value: Any) -> bool:
+    """An aware datetime in UTC: one that loads back equal and of the same type."""
+    return type(value) is datetime and value.tzinfo is UTC
 
 
 def _meta_map(record: SessionRecord) -> dict[str, Any]:
@@ -626,9 +708,12 @@ def _schedule(record: SessionRecord, due: float | None) -> list[bytes]:
     ]
 
 
+_FIXMAPS = [bytes((0x80 | size,)) for size in range(16)]
+
+
 def _map_header(size: int) -> bytes:
     if size < 16:
-        return bytes((0x80 | size,))
+        return _FIXMAPS[size]
     if size < 65536:
         return b"\xde" + size.to_bytes(2, "big")
     return b"\xdf" + size.to_bytes(4, "big")
@@ -666,6 +751,84 @@ def _state(meta: bytes | None, seen: bytes | None, alias: bytes | None) -> _Stat
         created, last_seen, ip, user_agent, user_id, None if alias is None else _id(alias)
     )
 
+
+class _Stored:
+    """What this process knows of a view it stored itself, besides its record fields:
+    enough for the next save of that view to pack only what the request changed."""
+
+    __slots__ = ("meta_key", "packed_meta", "parts", "schedule", "schedule_key")
+
+    def __init__(
+        self,
+        meta_key: tuple[Any, ...],
+        packed_meta: bytes,
+        parts: dict[str, bytes],
+        schedule_key: tuple[Any, ...],
+        schedule: list[bytes],
+    ) -> None:
+        self.meta_key = meta_key  # the record fields the ``m`` field is made of
+        self.packed_meta = packed_meta
+        # Each data key's msgpack name and value, concatenated, in view order.
+        self.parts = parts
+        self.schedule_key = schedule_key  # (sliding, absolute expiry) of ``schedule``
+        self.schedule = schedule  # the ``t`` and ``z`` pairs as stored
+
+
+def _meta_key(record: SessionRecord) -> tuple[Any, ...]:
+    return (
+        record.created_at,
+        record.rotated_at,
+        record.idle_timeout,
+        record.fixed_expiry,
+        record.browser_session,
+        record.user_id,
+    )
+
+
+# The msgpack names of session keys: a key's name is packed on every save that changes
+# it, and a site uses a few dozen names. Bounded; dict operations are atomic, so the
+# event loops of several threads may share it.
+_NAMES: dict[str, bytes] = {}
+
+
+def _packed_name(name: str) -> bytes:
+    packed = _NAMES.get(name)
+    if packed is None:
+        packed = _packb(name)
+        if len(_NAMES) >= 4096:
+            _NAMES.clear()
+        _NAMES[name] = packed
+    return packed
+
+
+def _packed_text(text: str | None) -> bytes:
+    """A client address or user agent in msgpack; the few a site sees repeat."""
+    if text is None:
+        return b"\xc0"
+    packed = _TEXTS.get(text)
+    if packed is None:
+        packed = _packb(text)
+        if len(_TEXTS) >= 4096:
+            _TEXTS.clear()
+        _TEXTS[text] = packed
+    return packed
+
+
+_TEXTS: dict[str, bytes] = {}
+
+
+def _packed_seen(seen: list[Any]) -> bytes:
+    """The ``s`` field from :func:`_seen_list`: a msgpack array of the last-seen time
+    (a float64, which loads back as the float the load reads it as), address and agent."""
+    return b"\x93" + _DOUBLE(0xCB, seen[0]) + _packed_text(seen[1]) + _packed_text(seen[2])
+
+
+def _packed_due(due: float | None) -> bytes:
+    """``due`` as the view holds it: a msgpack float64, or nil."""
+    return b"\xc0" if due is None else _DOUBLE(0xCB, due)
+
+
+_DOUBLE = struct.Struct(">Bd").pack
 
 _SESSION_ID = re.compile(r"[0-9a-f]{64}")
 
@@ -770,6 +933,7 @@ class RedisBackend:
         self.max_sessions_per_user = max_sessions_per_user
         self.operation_timeout = operation_timeout
         self.serializer = serializer or MsgpackSerializer()
+        self._view_limit = self.serializer.max_size + _VIEW_ROOM
         self.clock = clock
         # session ID -> when its next refresh is due, as last seen by this process.
         # A stale entry is harmless: the schedule only moves later, except when a
@@ -871,7 +1035,7 @@ class RedisBackend:
                 # HGET of the view, several times cheaper on the server than a script.
                 raw = await self._run(self._fast.hget(key, "x"))
             else:
-                seen = _packb([now, ip, user_agent])
+                seen = _packed_seen(_seen_list(now, ip, user_agent))
                 raw = await self._run(_load(self._fast, key, repr(now).encode(), seen))
                 if raw:
                     refreshed, raw = raw[1] == 0xC3, raw[2:]
@@ -904,12 +1068,16 @@ class RedisBackend:
             parsed = self._decode(view)
             make_room(views, self._cache_size)
             views[view] = parsed
-        meta, created, rotated, idle, fixed, browser, user, seen, ip, agent, due, alias, flat = (
+        meta, created, rotated, idle, fixed, browser, user, seen, ip, agent, due, alias, flat, _ = (
             parsed
         )
         # Flat data (no list or dict inside) is copied; nested data is decoded again,
         # so a request never shares a mutable value with the cache or another request.
-        data = flat.copy() if flat is not None else self.serializer.unpack(view)[4]
+        data = (
+            flat.copy()
+            if flat is not None
+            else self.serializer.unpack(view, limit=self._view_limit)[4]
+        )
         extra: dict[str, Any] = {"meta": meta, "view": view}
         if alias is not None:
             extra["alias_of"] = alias
@@ -939,9 +1107,15 @@ class RedisBackend:
         TypeError or KeyError when it is not one of ours. The view is one msgpack
         array, [meta, seen, due, alias, data], which one C call unpacks (redis-py
         would parse a nested reply in Python, element by element)."""
-        serializer = self.serializer
-        meta, seen, due, alias, data = serializer.unpack(view)
-        serializer.check_loaded(data)
+        meta, seen, due, alias, data = self.serializer.unpack(view, limit=self._view_limit)
+        return self._entry(meta, seen, due, alias, data, None)
+
+    def _entry(
+        self, meta: Any, seen: Any, due: Any, alias: Any, data: Any, stored: _Stored | None
+    ) -> tuple[Any, ...]:
+        """A views-cache entry: the record fields of an unpacked view, checked, and
+        what this process knows of the view when it stored it itself (else None)."""
+        self.serializer.check_loaded(data)
         created, rotated, idle, fixed, browser, user = _meta(meta)
         last_seen, ip, user_agent = _seen(seen)
         flat = None if any(type(v) in _CONTAINERS for v in data.values()) else data
@@ -959,7 +1133,52 @@ class RedisBackend:
             _number(due),
             None if alias is None else _alias(alias),
             flat,
+            stored,
         )
+
+    def _cache_view(
+        self,
+        view: bytes,
+        record: SessionRecord,
+        meta: dict[str, Any],
+        seen: list[Any],
+        due: float | None,
+        stored: _Stored,
+        loaded: tuple[Any, ...] | None = None,
+    ) -> None:
+        """Enter the view a save just stored in the views cache, so this session's next
+        load (a plain HGET that returns these very bytes, unless another request wrote
+        since) neither decodes it nor, at its save, packs again what it leaves alone.
+        The caller saw that every data value loads back equal and of the same type
+        (see _ROUND_TRIP); the entry is then what decoding the view would give, built
+        from the values just packed into it. ``loaded``: the entry of the view this
+        save changed, whose metadata fields are reused when ``m`` did not change."""
+        tail = (float(seen[0]), seen[1], seen[2], due, None, dict(record.data), stored)
+        if loaded is not None and loaded[13] is not None and loaded[13].meta_key == stored.meta_key:
+            entry = loaded[:7] + tail
+            make_room(self._views, self._cache_size)
+            self._views[view] = entry
+            return
+        idle, fixed = record.idle_timeout, record.fixed_expiry
+        if (idle is not None and type(idle) is not int) or not (
+            0 <= record.created_at <= _MAX_STORED_TIME
+            and 0 <= record.rotated_at <= _MAX_STORED_TIME
+            and 0 <= seen[0] <= _MAX_STORED_TIME
+        ):
+            return  # not what the load accepts: it decodes the view and says why
+        entry = (
+            meta,
+            float(record.created_at),
+            float(record.rotated_at),
+            idle,
+            None if fixed is None else float(fixed),
+            record.browser_session,
+            record.user_id,
+            *tail,
+        )
+        views = self._views
+        make_room(views, self._cache_size)
+        views[view] = entry
 
     def _remember(self, session_id: str, due: float | None) -> None:
         """Note when the session's next sliding refresh is due (None: never), so
@@ -980,71 +1199,109 @@ class RedisBackend:
         rotate: bool,
     ) -> str:
         dumps = self.serializer.dumps_value
-        meta = _meta_map(record)
-        seen = _seen_field(record)
+        full = token is None or rotate or delta.replace
+        loaded = b"" if full else record.extra.get("view", b"")
+        # What this process knows of the loaded view, when it stored that view itself.
+        known: _Stored | None = None
+        entry = None
+        if loaded:
+            entry = self._views.get(loaded)
+            if entry is not None:
+                known = entry[13]
+        meta_key = _meta_key(record)
+        if entry is not None and known is not None and known.meta_key == meta_key:
+            meta = entry[0]
+        else:
+            meta = _meta_map(record)
+        seen_list = _seen_list(record.last_seen, record.ip, record.user_agent)
+        seen = _packed_seen(seen_list)
         fields: list[bytes] = [b"s", seen]
         removed: list[bytes] = []
         due = _next_due(record)
-        schedule = _schedule(record, due)
+        schedule_key = (record.sliding, record.absolute_expiry)
+        if known is not None and known.schedule_key == schedule_key and due is not None:
+            schedule = [b"t", repr(due).encode(), b"z", known.schedule[3]]
+        else:
+            schedule = _schedule(record, due)
         if schedule:
             fields += schedule
         else:
             removed += (b"t", b"z")
-        full = token is None or rotate or delta.replace
-        if full or meta != record.extra.get("meta"):
+        if known is not None and known.meta_key == meta_key:
+            packed_meta = known.packed_meta
+        elif full or meta != record.extra.get("meta"):
             packed_meta = _packb(meta)
             fields += (b"m", packed_meta)
         else:
             packed_meta = b""
-        updates = record.data if full else delta.updates
-        first_data = len(fields)
-        for name, value in updates.items():
+        # Each changed key's msgpack name and value, concatenated as in the view.
+        changed: dict[str, bytes] = {}
+        # Whether every data value loads back equal and of the same type: the view
+        # can then go into the views cache as it is (see _cache_view).
+        exact = True
+        for name, value in (record.data if full else delta.updates).items():
             blob = dumps(name, value)  # first: it names a key that cannot be stored
-            fields += (_packb(name), blob)
+            packed_name = _packed_name(name)
+            fields += (packed_name, blob)
+            changed[name] = packed_name + blob
+            if exact and type(value) not in _ROUND_TRIP and not _utc(value):
+                exact = False
         # The view to store with the record: known here for a whole record, and for
         # a delta when this request loaded the view it changes (record.data is then
         # the loaded data with this request's changes). The script keeps a delta's
         # only if nobody wrote since the load, and otherwise rebuilds it.
-        loaded = b"" if full else record.extra.get("view", b"")
-        if full:
-            data_parts = fields[first_data:]
+        parts = changed
+        if known is not None:
+            # A key this request left alone still holds the very value that was
+            # loaded (of a type that cannot change in place): its stored pair is
+            # reused, not packed again.
+            parts = known.parts.copy()
+            parts.update(changed)
+            for name in delta.removed:
+                parts.pop(name, None)
         elif loaded:
-            data_parts = []
-            blobs = dict(zip(fields[first_data::2], fields[first_data + 1 :: 2], strict=True))
+            parts = {}
             for name, value in record.data.items():
-                packed_name = _packb(name)
-                stored = blobs.get(packed_name)
-                if stored is not None:
-                    blob = stored
-                else:
+                pair = changed.get(name)
+                if pair is None:
                     if type(value) not in _UNCHANGEABLE:
                         # A list or dict this request did not set may have been
                         # changed in place, which is not saved: the view must show
                         # the stored value, so the script rebuilds it.
                         loaded = b""
                         break
-                    blob = dumps(name, value)
-                data_parts += (packed_name, blob)
+                    pair = _packed_name(name) + dumps(name, value)
+                    if exact and type(value) not in _ROUND_TRIP and not _utc(value):
+                        exact = False
+                parts[name] = pair
             packed_meta = packed_meta or _packb(meta)
+        limit = self.serializer.max_size
         if full or loaded:
             view = b"".join(
                 (
                     b"\x95",
                     packed_meta,
                     seen,
-                    _packb(due),
+                    _packed_due(due),
                     b"\xc0",
-                    _map_header(len(data_parts) // 2),
-                    *data_parts,
+                    _map_header(len(parts)),
+                    *parts.values(),
                 )
             )
+            # The ``s`` entry (where and when the session was last seen) is left
+            # out: a later refresh rewrites it, within the load's _VIEW_ROOM.
+            if len(view) - len(seen) > limit:
+                raise SessionTooLarge("the session " + _too_large(len(view) - len(seen), limit))
             fields += (b"x", view)
         else:
             view = b""
-        if not full:
+        if not full and delta.removed:
             removed += [_field(name) for name in delta.removed]
         count = len(fields) // 2
         ttl_ms = ttl * 1000
+        stored = None
+        if view and exact:
+            stored = _Stored(meta_key, packed_meta, parts, schedule_key, schedule)
         if token is not None and not rotate:
             mode = b"r" if delta.replace else b"u"
             result = await self._run(
@@ -1055,16 +1312,27 @@ class RedisBackend:
                     ttl_ms,
                     count,
                     loaded,
+                    limit,
                     *fields,
                     *removed,
                 )
             )
+            if result == 3:
+                raise SessionTooLarge(
+                    "the session, with the changes other requests stored meanwhile, "
+                    + _too_large(None, limit)
+                )
             if result != 1 and result != 2:
                 self._due.pop(record.session_id, None)
                 raise SessionGone("session no longer exists")
             record.extra["meta"] = meta
             # The stored view, for a later commit of this record (a WebSocket's).
-            record.extra["view"] = view if result == 1 else b""
+            if result == 1:
+                record.extra["view"] = view
+                if stored is not None:
+                    self._cache_view(view, record, meta, seen_list, due, stored, entry)
+            else:
+                record.extra["view"] = b""
             self._remember(record.session_id, due)
             return token
         # A new session, or a rotation. One step after the other, never overlapping:
@@ -1080,7 +1348,7 @@ class RedisBackend:
             new = new_token()
             new_id = token_id(new)
             created = await self._run(
-                _save(self._fast, self._key(new_id), b"n", ttl_ms, count, b"", *fields)
+                _save(self._fast, self._key(new_id), b"n", ttl_ms, count, b"", limit, *fields)
             )
             if created == 1:
                 break
@@ -1108,6 +1376,8 @@ class RedisBackend:
         self._due.pop(old_id, None)
         record.session_id = new_id
         record.extra = {"meta": meta, "view": view}
+        if stored is not None:
+            self._cache_view(view, record, meta, seen_list, due, stored)
         self._remember(new_id, due)
         if user is not None:
             await self._prune(user, _ids(members), now, keep_newest=self.max_sessions_per_user)
