@@ -16,7 +16,7 @@ import pytest
 from redis.asyncio import Redis
 
 from asgi_sessions import BackendUnavailable, ConfigurationError, SessionMiddleware
-from asgi_sessions.backends.redis import _VIEW, RedisBackend
+from asgi_sessions.backends.redis import _VIEW, RedisBackend, _packed_seen, _seen_list
 from asgi_sessions.errors import SessionTooLarge
 from asgi_sessions.msgpack_serializer import MsgpackSerializer
 from tests.asgi import Client, session_app
@@ -557,6 +557,22 @@ async def test_a_view_this_process_stored_is_cached_as_decoding_it_gives(
     assert record.data["list"] == [1, {"a": 2}]
     assert "f" not in record.data
     assert "local" not in record.data
+
+
+def test_the_last_seen_entry_packs_as_msgpack_does() -> None:
+    """``s`` is packed by hand (a float64 time and two cached strings): it must load
+    back as msgpack's own packing of the same list does."""
+    for seen in (
+        [1764590000.123456, "127.0.0.1", "agent/1.0"],
+        [1764590000, None, None],
+        [0.0, "::1", "ü" * 256],
+        [1e12, "x" * 31, "y" * 32],
+        [1.5, "€" * 100, ""],
+    ):
+        packed = _packed_seen(seen)
+        assert msgpack.unpackb(packed) == msgpack.unpackb(msgpack.packb(seen)), seen
+        assert type(msgpack.unpackb(packed)[0]) is float
+    assert _seen_list(1.0, "a" * 300, "b" * 300) == [1.0, "a" * 256, "b" * 256]
 
 
 async def test_a_session_over_the_size_limit_is_refused_when_written_and_kept(

@@ -1,0 +1,199 @@
+"""What one Redis command of the request path costs on this machine
+(``python -m benchmarks.redis_costs``).
+
+The in-process benchmark's s3 bar compares a whole request with its floor, the bare
+app plus one raw ``GET`` and one raw ``SET``; this tool times the commands alone, so a
+gap can be split into the commit's command and the Python around it. Against a private
+redis-server (started on a free loopback port and stopped by its PID), one task awaits
+one command at a time, as a request does:
+
+* ``SET`` and ``GET`` of a 120-byte string: the floor rows' commands;
+* ``HGET`` of a session's view: the read path's one command;
+* the save script on a live session, with the arguments of an s3 commit (a delta on
+  the view the request loaded), captured from a real request;
+* ``EVALSHA`` of a script that only returns: what running any script costs.
+
+Each goes through the backend's own path (``_Lane``, with its watchdog) and through
+redis-py's client. Rounds interleave the commands; the report gives medians of wall
+µs, this process's CPU µs and redis-server's CPU µs (``/proc/<pid>/schedstat``) per
+command. ``--busy N`` keeps N spinning processes at the lowest priority meanwhile, so
+no CPU goes idle between commands: the difference from an idle run is what waking an
+idle CPU costs on this machine. The spinners are ours and are stopped by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from benchmarks.inprocess import make_scope
+from benchmarks.redis_server import PrivateRedis
+from benchmarks.report import environment_lines, git_revision
+from benchmarks.rows import configure_redis, make_app
+
+MODULE = "benchmarks.redis_costs"
+
+
+def _server_cpu_ns(pid: int) -> int:
+    with open(f"/proc/{pid}/schedstat", encoding="ascii") as stat:
+        return int(stat.read().split()[0])
+
+
+@contextlib.contextmanager
+def _spinners(count: int) -> Iterator[None]:
+    code = "import os\nos.nice(19)\nwhile True:\n    pass\n"
+    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+async def _save_arguments(url: str) -> tuple[Any, str, list[Any]]:
+    """A backend with one live session, and the key and arguments of the save
+    script for an s3 commit on it, captured from a real request. The loaded view in
+    them is set to the view they store, so every repeat takes the common path (the
+    stored view is the loaded one) and stores the same record."""
+    from asgi_sessions import SessionMiddleware
+    from asgi_sessions.backends import redis as module
+
+    backend = module.RedisBackend(url, prefix="bench:costs:")
+    app = SessionMiddleware(make_app(), backend=backend)
+    cookie: list[bytes] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        for name, value in message.get("headers", []):
+            if name == b"set-cookie" and not cookie:
+                cookie.append(value.split(b";")[0])
+
+    await app(make_scope("/login", None), receive, send)
+    captured: list[tuple[str, tuple[Any, ...]]] = []
+    real = module._save
+
+    class Spy:
+        async def __call__(self, client: Any, key: str, *args: Any) -> Any:
+            captured.append((key, args))
+            return await real(client, key, *args)
+
+    module._save = Spy()  # type: ignore[assignment]
+    try:
+        await app(make_scope("/write", cookie[0]), receive, send)
+    finally:
+        module._save = real
+    key, args = captured[-1]
+    arguments = list(args)
+    pairs = arguments[5 : 5 + 2 * int(arguments[2])]
+    arguments[3] = pairs[pairs.index(b"x") + 1]
+    return backend, key, arguments
+
+
+async def measure(url: str, pid: int, rounds: int, requests: int) -> list[tuple[str, Any]]:
+    from redis.asyncio import Redis
+
+    from asgi_sessions.backends import redis as module
+
+    backend, key, arguments = await _save_arguments(url)
+    client = Redis.from_url(url)
+    lane = backend._fast
+    trivial = module._Script("return 1")
+    await client.set("bench:costs:plain", b"v" * 120)
+    plain_set = module._pack(b"SET", "bench:costs:plain", b"v" * 120)
+    plain_get = module._pack(b"GET", "bench:costs:plain")
+    run = backend._run
+    commands: dict[str, Callable[[], Awaitable[Any]]] = {
+        "SET (lane)": lambda: run(lane.call(plain_set)),
+        "GET (lane)": lambda: run(lane.call(plain_get)),
+        "HGET view (lane)": lambda: run(lane.hget(key, "x")),
+        "EVALSHA return 1 (lane)": lambda: run(trivial(lane, key)),
+        "EVALSHA save, s3 commit (lane)": lambda: run(module._save(lane, key, *arguments)),
+        "SET (redis-py)": lambda: client.set("bench:costs:plain", b"v" * 120),
+        "GET (redis-py)": lambda: client.get("bench:costs:plain"),
+        "HGET view (redis-py)": lambda: client.hget(key, "x"),
+        "EVALSHA save, s3 commit (redis-py)": lambda: client.evalsha(
+            module._save.sha, 1, key, *arguments
+        ),
+    }
+    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in commands}
+    try:
+        for command in commands.values():
+            for _ in range(50):
+                await command()
+        assert await module._save(lane, key, *arguments) == 1, "the save took another path"
+        for _ in range(rounds):
+            for name, command in commands.items():
+                wall = time.perf_counter_ns()
+                cpu = time.process_time_ns()
+                server = _server_cpu_ns(pid)
+                for _ in range(requests):
+                    await command()
+                results[name].append(
+                    (
+                        (time.perf_counter_ns() - wall) / requests / 1000,
+                        (time.process_time_ns() - cpu) / requests / 1000,
+                        (_server_cpu_ns(pid) - server) / requests / 1000,
+                    )
+                )
+    finally:
+        keys = [k async for k in client.scan_iter(match="bench:costs:*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+        await backend.aclose()
+    return [
+        (name, [statistics.median(column) for column in zip(*samples, strict=True)])
+        for name, samples in results.items()
+    ]
+
+
+def report(rows: list[tuple[str, Any]], busy: int, revision: str) -> str:
+    lines = ["# What one Redis command costs here (`benchmarks.redis_costs`)", ""]
+    lines += environment_lines(MODULE, revision)
+    lines.append(
+        f"- load: {busy} spinning process(es) at nice 19" if busy else "- load: none (idle CPUs)"
+    )
+    lines += [
+        "",
+        "| command | wall µs | client CPU µs | redis-server CPU µs |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, (wall, cpu, server) in rows:
+        lines.append(f"| {name} | {wall:.1f} | {cpu:.1f} | {server:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--requests", type=int, default=500, help="per command per round")
+    parser.add_argument("--busy", type=int, default=0, help="spinning processes meanwhile")
+    parser.add_argument("--markdown-out", type=Path)
+    parser.add_argument("--quick", action="store_true", help="3 rounds of 50: a smoke run")
+    args = parser.parse_args(argv)
+    rounds, requests = (3, 50) if args.quick else (args.rounds, args.requests)
+    revision = git_revision()
+    with PrivateRedis() as server, _spinners(args.busy):
+        assert server.pid is not None
+        configure_redis(server.url)
+        rows = asyncio.run(measure(server.url, server.pid, rounds, requests))
+    text = report(rows, args.busy, revision)
+    print(text)
+    if args.markdown_out is not None:
+        args.markdown_out.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
