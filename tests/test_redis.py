@@ -575,6 +575,32 @@ def test_the_last_seen_entry_packs_as_msgpack_does() -> None:
     assert _seen_list(1.0, "a" * 300, "b" * 300) == [1.0, "a" * 256, "b" * 256]
 
 
+async def test_a_save_replaces_the_cached_entry_of_the_view_it_changed(
+    backend: RedisBackend,
+) -> None:
+    """Superseded views do not pile up in the views cache: a session written on every
+    request keeps one entry, the one of its stored view; so does one whose writes
+    the cache cannot take (a list), and one that is refreshed or rotated."""
+    client = client_for(backend)
+    for n in range(20):
+        assert (await client.get(f"/set?n={n}")).status == 200
+    assert len(backend._views) == 1
+    assert (await client.get("/read")).json() == {"n": "19"}
+    backend._views.clear()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        scope["session"]["cart"] = [scope["path"]]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    lists = Client(SessionMiddleware(app, backend=backend))
+    for n in range(5):
+        await lists.get(f"/{n}")
+    assert len(backend._views) <= 1
+    await client.get("/rotate")
+    assert len(backend._views) <= 2  # the new session's, and the other client's
+
+
 async def test_a_session_over_the_size_limit_is_refused_when_written_and_kept(
     raw: Redis, redis_url: str
 ) -> None:

@@ -44,10 +44,11 @@ merged view in the script, before it writes). The load accepts a view up to
 ``max_size`` plus room for the ``s`` entry (address and user agent, each cut to 256
 characters), so nothing that was saved is ever refused, and removed, as corrupt.
 
-Caches: the views cache maps a view's bytes to its decoded record fields. A save
-enters the view it stored, with the packed pairs of its keys, so the next load of the
-session (whose HGET returns those very bytes unless another request wrote since)
-decodes nothing, and its save packs only the keys it changed.
+Caches: the views cache maps a view's bytes to its decoded record fields. A delta save
+on a view this request loaded replaces that view's entry with the one of the view it
+stored, with the packed pairs of its keys, so the session's next load (whose HGET
+returns those very bytes unless another request wrote since) decodes nothing, and its
+save packs only the keys it changes.
 
 On a plain or Sentinel client these commands skip redis-py's command layer (see
 ``_Lane``): one packed write and one read on a pooled connection, bounded by this
@@ -752,39 +753,6 @@ def _state(meta: bytes | None, seen: bytes | None, alias: bytes | None) -> _Stat
     )
 
 
-class _Stored:
-    """What this process knows of a view it stored itself, besides its record fields:
-    enough for the next save of that view to pack only what the request changed."""
-
-    __slots__ = ("meta_key", "packed_meta", "parts", "schedule", "schedule_key")
-
-    def __init__(
-        self,
-        meta_key: tuple[Any, ...],
-        packed_meta: bytes,
-        parts: dict[str, bytes],
-        schedule_key: tuple[Any, ...],
-        schedule: list[bytes],
-    ) -> None:
-        self.meta_key = meta_key  # the record fields the ``m`` field is made of
-        self.packed_meta = packed_meta
-        # Each data key's msgpack name and value, concatenated, in view order.
-        self.parts = parts
-        self.schedule_key = schedule_key  # (sliding, absolute expiry) of ``schedule``
-        self.schedule = schedule  # the ``t`` and ``z`` pairs as stored
-
-
-def _meta_key(record: SessionRecord) -> tuple[Any, ...]:
-    return (
-        record.created_at,
-        record.rotated_at,
-        record.idle_timeout,
-        record.fixed_expiry,
-        record.browser_session,
-        record.user_id,
-    )
-
-
 # The msgpack names of session keys: a key's name is packed on every save that changes
 # it, and a site uses a few dozen names. Bounded; dict operations are atomic, so the
 # event loops of several threads may share it.
@@ -1111,10 +1079,11 @@ class RedisBackend:
         return self._entry(meta, seen, due, alias, data, None)
 
     def _entry(
-        self, meta: Any, seen: Any, due: Any, alias: Any, data: Any, stored: _Stored | None
+        self, meta: Any, seen: Any, due: Any, alias: Any, data: Any, parts: dict[str, bytes] | None
     ) -> tuple[Any, ...]:
         """A views-cache entry: the record fields of an unpacked view, checked, and
-        what this process knows of the view when it stored it itself (else None)."""
+        ``parts``, each data key's msgpack name and value as the view holds them, when
+        this process stored the view itself (else None)."""
         self.serializer.check_loaded(data)
         created, rotated, idle, fixed, browser, user = _meta(meta)
         last_seen, ip, user_agent = _seen(seen)
@@ -1133,52 +1102,46 @@ class RedisBackend:
             _number(due),
             None if alias is None else _alias(alias),
             flat,
-            stored,
+            parts,
         )
 
     def _cache_view(
         self,
         view: bytes,
         record: SessionRecord,
-        meta: dict[str, Any],
         seen: list[Any],
         due: float | None,
-        stored: _Stored,
-        loaded: tuple[Any, ...] | None = None,
+        parts: dict[str, bytes],
+        loaded: tuple[Any, ...],
     ) -> None:
-        """Enter the view a save just stored in the views cache, so this session's next
-        load (a plain HGET that returns these very bytes, unless another request wrote
-        since) neither decodes it nor, at its save, packs again what it leaves alone.
-        The caller saw that every data value loads back equal and of the same type
-        (see _ROUND_TRIP); the entry is then what decoding the view would give, built
-        from the values just packed into it. ``loaded``: the entry of the view this
-        save changed, whose metadata fields are reused when ``m`` did not change."""
-        tail = (float(seen[0]), seen[1], seen[2], due, None, dict(record.data), stored)
-        if loaded is not None and loaded[13] is not None and loaded[13].meta_key == stored.meta_key:
-            entry = loaded[:7] + tail
-            make_room(self._views, self._cache_size)
-            self._views[view] = entry
-            return
-        idle, fixed = record.idle_timeout, record.fixed_expiry
-        if (idle is not None and type(idle) is not int) or not (
-            0 <= record.created_at <= _MAX_STORED_TIME
-            and 0 <= record.rotated_at <= _MAX_STORED_TIME
-            and 0 <= seen[0] <= _MAX_STORED_TIME
-        ):
-            return  # not what the load accepts: it decodes the view and says why
-        entry = (
-            meta,
-            float(record.created_at),
-            float(record.rotated_at),
-            idle,
-            None if fixed is None else float(fixed),
+        """Enter the view a delta save just stored in the views cache (``loaded`` is the
+        entry of the view it changed, which the caller dropped): the session's next load (a plain
+        HGET that returns these very bytes, unless another request wrote since) then
+        decodes nothing, and its save packs only the keys it changes. The caller saw
+        that every data value loads back equal and of the same type (see _ROUND_TRIP),
+        so the entry is what decoding the view would give; the metadata fields are the
+        loaded entry's, and are used only when the save left ``m`` as it was."""
+        if loaded[1:7] != (
+            record.created_at,
+            record.rotated_at,
+            record.idle_timeout,
+            record.fixed_expiry,
             record.browser_session,
             record.user_id,
-            *tail,
-        )
+        ):
+            return  # the metadata changed: the next load decodes the view
         views = self._views
         make_room(views, self._cache_size)
-        views[view] = entry
+        views[view] = (
+            *loaded[:7],
+            float(seen[0]),
+            seen[1],
+            seen[2],
+            None if due is None else float(due),
+            None,
+            dict(record.data),
+            parts,
+        )
 
     def _remember(self, session_id: str, due: float | None) -> None:
         """Note when the session's next sliding refresh is due (None: never), so
@@ -1201,35 +1164,22 @@ class RedisBackend:
         dumps = self.serializer.dumps_value
         full = token is None or rotate or delta.replace
         loaded = b"" if full else record.extra.get("view", b"")
-        # What this process knows of the loaded view, when it stored that view itself.
-        known: _Stored | None = None
-        entry = None
-        if loaded:
-            entry = self._views.get(loaded)
-            if entry is not None:
-                known = entry[13]
-        meta_key = _meta_key(record)
-        if entry is not None and known is not None and known.meta_key == meta_key:
-            meta = entry[0]
-        else:
-            meta = _meta_map(record)
+        # The views-cache entry of the loaded view, and its keys' stored pairs when this
+        # process stored that view itself.
+        entry = self._views.get(loaded) if loaded else None
+        known: dict[str, bytes] | None = entry[13] if entry is not None else None
+        meta = _meta_map(record)
         seen_list = _seen_list(record.last_seen, record.ip, record.user_agent)
         seen = _packed_seen(seen_list)
         fields: list[bytes] = [b"s", seen]
         removed: list[bytes] = []
         due = _next_due(record)
-        schedule_key = (record.sliding, record.absolute_expiry)
-        if known is not None and known.schedule_key == schedule_key and due is not None:
-            schedule = [b"t", repr(due).encode(), b"z", known.schedule[3]]
-        else:
-            schedule = _schedule(record, due)
+        schedule = _schedule(record, due)
         if schedule:
             fields += schedule
         else:
             removed += (b"t", b"z")
-        if known is not None and known.meta_key == meta_key:
-            packed_meta = known.packed_meta
-        elif full or meta != record.extra.get("meta"):
+        if full or meta != record.extra.get("meta"):
             packed_meta = _packb(meta)
             fields += (b"m", packed_meta)
         else:
@@ -1255,7 +1205,7 @@ class RedisBackend:
             # A key this request left alone still holds the very value that was
             # loaded (of a type that cannot change in place): its stored pair is
             # reused, not packed again.
-            parts = known.parts.copy()
+            parts = known.copy()
             parts.update(changed)
             for name in delta.removed:
                 parts.pop(name, None)
@@ -1274,9 +1224,9 @@ class RedisBackend:
                     if exact and type(value) not in _ROUND_TRIP and not _utc(value):
                         exact = False
                 parts[name] = pair
-            packed_meta = packed_meta or _packb(meta)
         limit = self.serializer.max_size
         if full or loaded:
+            packed_meta = packed_meta or _packb(meta)
             view = b"".join(
                 (
                     b"\x95",
@@ -1299,9 +1249,6 @@ class RedisBackend:
             removed += [_field(name) for name in delta.removed]
         count = len(fields) // 2
         ttl_ms = ttl * 1000
-        stored = None
-        if view and exact:
-            stored = _Stored(meta_key, packed_meta, parts, schedule_key, schedule)
         if token is not None and not rotate:
             mode = b"r" if delta.replace else b"u"
             result = await self._run(
@@ -1326,13 +1273,13 @@ class RedisBackend:
                 self._due.pop(record.session_id, None)
                 raise SessionGone("session no longer exists")
             record.extra["meta"] = meta
+            if entry is not None:
+                # The loaded view is superseded: no load returns it again.
+                self._views.pop(record.extra["view"], None)
+                if result == 1 and loaded and exact:
+                    self._cache_view(view, record, seen_list, due, parts, entry)
             # The stored view, for a later commit of this record (a WebSocket's).
-            if result == 1:
-                record.extra["view"] = view
-                if stored is not None:
-                    self._cache_view(view, record, meta, seen_list, due, stored, entry)
-            else:
-                record.extra["view"] = b""
+            record.extra["view"] = view if result == 1 else b""
             self._remember(record.session_id, due)
             return token
         # A new session, or a rotation. One step after the other, never overlapping:
@@ -1374,10 +1321,9 @@ class RedisBackend:
             await self._forget(new_id, user)
             raise SessionGone("session no longer exists")
         self._due.pop(old_id, None)
+        self._views.pop(record.extra.get("view", b""), None)  # the old ID's: superseded
         record.session_id = new_id
         record.extra = {"meta": meta, "view": view}
-        if stored is not None:
-            self._cache_view(view, record, meta, seen_list, due, stored)
         self._remember(new_id, due)
         if user is not None:
             await self._prune(user, _ids(members), now, keep_newest=self.max_sessions_per_user)
@@ -1405,6 +1351,7 @@ class RedisBackend:
         if result != 1:
             self._due.pop(record.session_id, None)
             raise SessionGone("session no longer exists")
+        self._views.pop(record.extra.get("view", b""), None)  # superseded
         record.extra["view"] = b""  # the script rebuilt it
         self._remember(record.session_id, due)
         return None
