@@ -19,7 +19,7 @@ from asgi_sessions import BackendUnavailable, ConfigurationError, SessionMiddlew
 from asgi_sessions.backends.redis import _VIEW, RedisBackend, _packed_seen, _seen_list
 from asgi_sessions.errors import SessionTooLarge
 from asgi_sessions.msgpack_serializer import MsgpackSerializer
-from tests.asgi import Client, session_app
+from tests.asgi import Client, Response, session_app
 from tests.conftest import FakeClock
 from tests.redis_monitor import commands_sent
 
@@ -433,6 +433,29 @@ async def stored_view_matches_fields(raw: Redis, backend: RedisBackend) -> dict[
     return stored[4]  # type: ignore[no-any-return]
 
 
+async def a_delta_across_another_write(
+    backend: RedisBackend, jar: dict[str, str], key: str, value: str, other: Client, target: str
+) -> Response:
+    """A request on ``backend`` that sets ``key`` on the session it loaded and is held
+    between its load and its commit while ``other.get(target)`` runs (and answers 200);
+    returns its response, or raises what its commit raised."""
+    gate, loaded = asyncio.Event(), asyncio.Event()
+
+    async def slow(scope: Any, receive: Any, send: Any) -> None:
+        scope["session"][key] = value
+        loaded.set()
+        await gate.wait()
+        await session_app(scope, receive, send)
+
+    request = asyncio.ensure_future(
+        Client(SessionMiddleware(slow, backend=backend), jar=dict(jar)).get("/untouched")
+    )
+    await loaded.wait()
+    assert (await other.get(target)).status == 200
+    gate.set()
+    return await request
+
+
 async def test_a_delta_after_another_write_merges_and_rebuilds_the_view(
     raw: Redis, backend: RedisBackend, redis_url: str
 ) -> None:
@@ -444,21 +467,9 @@ async def test_a_delta_after_another_write_merges_and_rebuilds_the_view(
     other = RedisBackend(redis_url, prefix=backend.prefix)
     try:
         b = Client(SessionMiddleware(session_app, backend=other), jar=dict(a.jar))
-        gate = asyncio.Event()
-        loaded = asyncio.Event()
-
-        async def slow(scope: Any, receive: Any, send: Any) -> None:
-            scope["session"]["b"] = "2"  # a delta on the view loaded before B's write
-            loaded.set()
-            await gate.wait()
-            await session_app(scope, receive, send)
-
-        slow_client = Client(SessionMiddleware(slow, backend=backend), jar=dict(a.jar))
-        request = asyncio.ensure_future(slow_client.get("/untouched"))
-        await loaded.wait()
-        assert (await b.get("/set?c=3")).status == 200
-        gate.set()
-        assert (await request).status == 200
+        # A delta on the view loaded before B's write.
+        response = await a_delta_across_another_write(backend, a.jar, "b", "2", b, "/set?c=3")
+        assert response.status == 200
         assert await stored_view_matches_fields(raw, backend) == {"a": "1", "b": "2", "c": "3"}
         assert (await a.get("/read")).json() == {"a": "1", "b": "2", "c": "3"}
         # The record the merge left behind carries no view of its own: the next
@@ -641,21 +652,10 @@ async def test_a_merge_over_the_size_limit_writes_nothing(raw: Redis, redis_url:
         a = client_for(backend)
         await a.get("/set?a=1")
         b = Client(SessionMiddleware(session_app, backend=other), jar=dict(a.jar))
-        gate, loaded = asyncio.Event(), asyncio.Event()
-
-        async def slow(scope: Any, receive: Any, send: Any) -> None:
-            scope["session"]["big"] = "x" * 600
-            loaded.set()
-            await gate.wait()
-            await session_app(scope, receive, send)
-
-        slow_client = Client(SessionMiddleware(slow, backend=backend), jar=dict(a.jar))
-        request = asyncio.ensure_future(slow_client.get("/untouched"))
-        await loaded.wait()
-        assert (await b.get("/set?c=" + "y" * 600)).status == 200
-        gate.set()
         with pytest.raises(SessionTooLarge, match="other requests stored meanwhile"):
-            await request
+            await a_delta_across_another_write(
+                backend, a.jar, "big", "x" * 600, b, "/set?c=" + "y" * 600
+            )
         assert await stored_view_matches_fields(raw, backend) == {"a": "1", "c": "y" * 600}
         assert (await a.get("/read")).json() == {"a": "1", "c": "y" * 600}
     finally:

@@ -753,42 +753,33 @@ def _state(meta: bytes | None, seen: bytes | None, alias: bytes | None) -> _Stat
     )
 
 
-# The msgpack names of session keys: a key's name is packed on every save that changes
-# it, and a site uses a few dozen names. Bounded; dict operations are atomic, so the
-# event loops of several threads may share it.
-_NAMES: dict[str, bytes] = {}
+# Strings packed on every save: session key names, client addresses and user agents
+# (a site sees few of each). Bounded; dict operations are atomic, so the event loops
+# of several threads may share it.
+_PACKED: dict[str, bytes] = {}
 
 
-def _packed_name(name: str) -> bytes:
-    packed = _NAMES.get(name)
-    if packed is None:
-        packed = _packb(name)
-        if len(_NAMES) >= 4096:
-            _NAMES.clear()
-        _NAMES[name] = packed
-    return packed
-
-
-def _packed_text(text: str | None) -> bytes:
-    """A client address or user agent in msgpack; the few a site sees repeat."""
-    if text is None:
-        return b"\xc0"
-    packed = _TEXTS.get(text)
+def _packed_str(text: str) -> bytes:
+    """``text`` in msgpack, from a small cache."""
+    packed = _PACKED.get(text)
     if packed is None:
         packed = _packb(text)
-        if len(_TEXTS) >= 4096:
-            _TEXTS.clear()
-        _TEXTS[text] = packed
+        if len(_PACKED) >= 8192:
+            _PACKED.clear()
+        _PACKED[text] = packed
     return packed
-
-
-_TEXTS: dict[str, bytes] = {}
 
 
 def _packed_seen(seen: list[Any]) -> bytes:
     """The ``s`` field from :func:`_seen_list`: a msgpack array of the last-seen time
     (a float64, which loads back as the float the load reads it as), address and agent."""
-    return b"\x93" + _DOUBLE(0xCB, seen[0]) + _packed_text(seen[1]) + _packed_text(seen[2])
+    ip, agent = seen[1], seen[2]
+    return (
+        b"\x93"
+        + _DOUBLE(0xCB, seen[0])
+        + (b"\xc0" if ip is None else _packed_str(ip))
+        + (b"\xc0" if agent is None else _packed_str(agent))
+    )
 
 
 def _packed_due(due: float | None) -> bytes:
@@ -1191,7 +1182,7 @@ class RedisBackend:
         exact = True
         for name, value in (record.data if full else delta.updates).items():
             blob = dumps(name, value)  # first: it names a key that cannot be stored
-            packed_name = _packed_name(name)
+            packed_name = _packed_str(name)
             fields += (packed_name, blob)
             changed[name] = packed_name + blob
             if exact and type(value) not in _ROUND_TRIP and not _utc(value):
@@ -1220,7 +1211,7 @@ class RedisBackend:
                         # the stored value, so the script rebuilds it.
                         loaded = b""
                         break
-                    pair = _packed_name(name) + dumps(name, value)
+                    pair = _packed_str(name) + dumps(name, value)
                     if exact and type(value) not in _ROUND_TRIP and not _utc(value):
                         exact = False
                 parts[name] = pair
