@@ -11,7 +11,11 @@ one command at a time, as a request does:
 * ``HGET`` of a session's view: the read path's one command;
 * the save script on a live session, with the arguments of an s3 commit (a delta on
   the view the request loaded), captured from a real request;
-* ``EVALSHA`` of a script that only returns: what running any script costs.
+* ``EVALSHA`` of a script that only returns: what running any script costs;
+* the create script of a new session (s4's commit; here with the s3 commit's fields),
+  and for comparison a create of the same fields without a script that still never
+  overwrites (``MULTI``, ``HSET`` and ``PEXPIRE`` of a temporary key, ``RENAMENX`` onto
+  the session's key, ``EXEC``: five replies to read).
 
 Each goes through the backend's own path (``_Lane``, with its watchdog) and through
 redis-py's client. Rounds interleave the commands; the report gives medians of wall
@@ -113,12 +117,49 @@ async def measure(url: str, pid: int, rounds: int, requests: int) -> list[tuple[
     plain_set = module._pack(b"SET", "bench:costs:plain", b"v" * 120)
     plain_get = module._pack(b"GET", "bench:costs:plain")
     run = backend._run
+    pairs = arguments[5 : 5 + 2 * int(arguments[2])]
+    created = iter(range(10**9))
+
+    def create() -> Awaitable[Any]:
+        new = f"bench:costs:new:{next(created)}"
+        return run(
+            module._save(
+                lane, new, b"n", arguments[1], len(pairs) // 2, b"", *arguments[4:5], *pairs
+            )
+        )
+
+    async def create_without_script() -> Any:
+        new = f"bench:costs:new:{next(created)}"
+        temporary = "{" + new + "}:tmp"  # the same Cluster slot as ``new``
+        packed = b"".join(
+            (
+                module._pack(b"MULTI"),
+                module._pack(b"HSET", temporary, *pairs),
+                module._pack(b"PEXPIRE", temporary, arguments[1]),
+                module._pack(b"RENAMENX", temporary, new),
+                module._pack(b"EXEC"),
+            )
+        )
+        pool = lane.pool
+        connection = await pool.get_connection()
+        try:
+            if not connection.is_connected:
+                await connection.connect()
+            connection._writer.write(packed)
+            for _ in range(4):
+                await connection.read_response(timeout=5)
+            return await connection.read_response(timeout=5)
+        finally:
+            await pool.release(connection)
+
     commands: dict[str, Callable[[], Awaitable[Any]]] = {
         "SET (lane)": lambda: run(lane.call(plain_set)),
         "GET (lane)": lambda: run(lane.call(plain_get)),
         "HGET view (lane)": lambda: run(lane.hget(key, "x")),
         "EVALSHA return 1 (lane)": lambda: run(trivial(lane, key)),
         "EVALSHA save, s3 commit (lane)": lambda: run(module._save(lane, key, *arguments)),
+        "EVALSHA create, s4 commit (lane)": create,
+        "MULTI create without a script (lane)": lambda: run(create_without_script()),
         "SET (redis-py)": lambda: client.set("bench:costs:plain", b"v" * 120),
         "GET (redis-py)": lambda: client.get("bench:costs:plain"),
         "HGET view (redis-py)": lambda: client.hget(key, "x"),
