@@ -111,7 +111,7 @@ _CONTAINERS = (list, dict)
 # Session values that cannot change in place: the ones a view can be rebuilt from.
 _UNCHANGEABLE = frozenset({type(None), bool, int, float, str, bytes, datetime})
 # Values that load back equal and of the same type (a datetime loads back in UTC: it
-# qualifies only when it is in UTC already, see _utc).
+# qualifies only when it is in UTC already, see _loads_back_same).
 _ROUND_TRIP = frozenset({type(None), bool, int, float, str, bytes})
 # Not a shared Packer: its buffer is not safe to share between threads, and a
 # backend may serve apps on several threads' event loops.
@@ -667,9 +667,11 @@ def _too_large(size: int | None, limit: int) -> str:
     )
 
 
-def _utc(value: Any) -> bool:
-    """An aware datetime in UTC: one that loads back equal and of the same type."""
-    return type(value) is datetime and value.tzinfo is UTC
+def _loads_back_same(value: Any) -> bool:
+    """Whether ``value`` loads back equal and of the same type: one of _ROUND_TRIP, or
+    an aware datetime already in UTC (a datetime loads back in UTC)."""
+    kind = type(value)
+    return kind in _ROUND_TRIP or (kind is datetime and value.tzinfo is UTC)
 
 
 def _meta_map(record: SessionRecord) -> dict[str, Any]:
@@ -770,6 +772,10 @@ def _packed_str(text: str) -> bytes:
     return packed
 
 
+# A msgpack float64: its type byte (0xcb), then the double.
+_DOUBLE = struct.Struct(">Bd").pack
+
+
 def _packed_seen(seen: list[Any]) -> bytes:
     """The ``s`` field from :func:`_seen_list`: a msgpack array of the last-seen time
     (a float64, which loads back as the float the load reads it as), address and agent."""
@@ -786,8 +792,6 @@ def _packed_due(due: float | None) -> bytes:
     """``due`` as the view holds it: a msgpack float64, or nil."""
     return b"\xc0" if due is None else _DOUBLE(0xCB, due)
 
-
-_DOUBLE = struct.Struct(">Bd").pack
 
 _SESSION_ID = re.compile(r"[0-9a-f]{64}")
 
@@ -1067,14 +1071,6 @@ class RedisBackend:
         array, [meta, seen, due, alias, data], which one C call unpacks (redis-py
         would parse a nested reply in Python, element by element)."""
         meta, seen, due, alias, data = self.serializer.unpack(view, limit=self._view_limit)
-        return self._entry(meta, seen, due, alias, data, None)
-
-    def _entry(
-        self, meta: Any, seen: Any, due: Any, alias: Any, data: Any, parts: dict[str, bytes] | None
-    ) -> tuple[Any, ...]:
-        """A views-cache entry: the record fields of an unpacked view, checked, and
-        ``parts``, each data key's msgpack name and value as the view holds them, when
-        this process stored the view itself (else None)."""
         self.serializer.check_loaded(data)
         created, rotated, idle, fixed, browser, user = _meta(meta)
         last_seen, ip, user_agent = _seen(seen)
@@ -1093,7 +1089,7 @@ class RedisBackend:
             _number(due),
             None if alias is None else _alias(alias),
             flat,
-            parts,
+            None,  # the keys' packed pairs: known only for a view this process stored
         )
 
     def _cache_view(
@@ -1103,28 +1099,19 @@ class RedisBackend:
         seen: list[Any],
         due: float | None,
         parts: dict[str, bytes],
-        loaded: tuple[Any, ...],
+        previous: tuple[Any, ...],
     ) -> None:
-        """Enter the view a delta save just stored in the views cache (``loaded`` is the
-        entry of the view it changed, which the caller dropped): the session's next load (a plain
-        HGET that returns these very bytes, unless another request wrote since) then
-        decodes nothing, and its save packs only the keys it changes. The caller saw
-        that every data value loads back equal and of the same type (see _ROUND_TRIP),
-        so the entry is what decoding the view would give; the metadata fields are the
-        loaded entry's, and are used only when the save left ``m`` as it was."""
-        if loaded[1:7] != (
-            record.created_at,
-            record.rotated_at,
-            record.idle_timeout,
-            record.fixed_expiry,
-            record.browser_session,
-            record.user_id,
-        ):
-            return  # the metadata changed: the next load decodes the view
+        """Enter the view a delta save just stored in the views cache, so the session's
+        next load (a plain HGET that returns these very bytes, unless another request
+        wrote since) decodes nothing and its save packs only the keys it changes.
+        ``previous`` is the entry of the view the save changed; the caller saw that the
+        save left ``m`` as it was, so its metadata fields still hold, and that every
+        data value loads back equal and of the same type: the entry is what decoding
+        the view would give."""
         views = self._views
         make_room(views, self._cache_size)
         views[view] = (
-            *loaded[:7],
+            *previous[:7],
             float(seen[0]),
             seen[1],
             seen[2],
@@ -1170,7 +1157,8 @@ class RedisBackend:
             fields += schedule
         else:
             removed += (b"t", b"z")
-        if full or meta != record.extra.get("meta"):
+        meta_changed = full or meta != record.extra.get("meta")
+        if meta_changed:
             packed_meta = _packb(meta)
             fields += (b"m", packed_meta)
         else:
@@ -1185,7 +1173,7 @@ class RedisBackend:
             packed_name = _packed_str(name)
             fields += (packed_name, blob)
             changed[name] = packed_name + blob
-            if exact and type(value) not in _ROUND_TRIP and not _utc(value):
+            if exact and not _loads_back_same(value):
                 exact = False
         # The view to store with the record: known here for a whole record, and for
         # a delta when this request loaded the view it changes (record.data is then
@@ -1212,7 +1200,7 @@ class RedisBackend:
                         loaded = b""
                         break
                     pair = _packed_str(name) + dumps(name, value)
-                    if exact and type(value) not in _ROUND_TRIP and not _utc(value):
+                    if exact and not _loads_back_same(value):
                         exact = False
                 parts[name] = pair
         limit = self.serializer.max_size
@@ -1267,7 +1255,7 @@ class RedisBackend:
             if entry is not None:
                 # The loaded view is superseded: no load returns it again.
                 self._views.pop(record.extra["view"], None)
-                if result == 1 and loaded and exact:
+                if result == 1 and loaded and exact and not meta_changed:
                     self._cache_view(view, record, seen_list, due, parts, entry)
             # The stored view, for a later commit of this record (a WebSocket's).
             record.extra["view"] = view if result == 1 else b""
