@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import OutOfMemoryError
 
-from asgi_sessions import SessionMiddleware
+from asgi_sessions import BackendUnavailable, SessionMiddleware
 from asgi_sessions.backends.redis import RedisBackend
 from tests.asgi import Client, Response, session_app
 from tests.conftest import FakeClock
@@ -241,6 +241,24 @@ async def test_a_restart_between_requests_is_absorbed_by_the_retry_budget(
     finally:
         await backend.aclose()
     seen.check(logs)
+
+
+async def test_the_retry_budget_counts_the_first_attempt_once(
+    private_redis: RedisServer,
+) -> None:
+    """The request path makes its first attempt outside redis-py's Retry and hands a
+    failure on to it: with no retries, the failure on a stale connection is final
+    (no hidden extra attempt), and the next command reconnects."""
+    backend = backend_for(private_redis.url, retries=0)
+    try:
+        await backend._run(backend._fast.hget("absent", "x"))  # one pooled connection
+        private_redis.restart()
+        await asyncio.sleep(0.1)
+        with pytest.raises(BackendUnavailable, match="Redis failed"):
+            await backend._run(backend._fast.hget("absent", "x"))
+        assert await backend._run(backend._fast.hget("absent", "x")) is None
+    finally:
+        await backend.aclose()
 
 
 # -- 3. paused under concurrent load ----------------------------------------------------------

@@ -309,17 +309,22 @@ class _Watchdog:
     times out up to ``period`` late.
     """
 
-    __slots__ = ("busy", "handle", "loop", "pending", "period")
+    __slots__ = ("busy", "entry", "handle", "loop", "pending", "period")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, period: float) -> None:
         self.loop = loop
         self.period = period
         self.pending: dict[int, list[Any]] = {}
+        self.entry: list[Any] = [None]
         self.handle: asyncio.TimerHandle | None = None
         self.busy = False
 
-    # An operation registers [task, deadline, task.cancelling() on entry, fired]
-    # in ``pending`` (RedisBackend._run does it inline) and sets ``busy``.
+    # An operation registers [task, deadline, task.cancelling() on entry, fired,
+    # socket timeout or None] in ``pending`` (RedisBackend._run does it inline), sets
+    # ``busy``, and leaves the entry in ``entry`` for its first ``_Lane`` call, which
+    # moves the deadline up to its socket timeout (then the fifth item is that
+    # timeout, for the error) instead of registering an entry of its own. An ended
+    # operation's entry has no task.
 
     def tick(self) -> None:
         now = self.loop.time()
@@ -443,26 +448,39 @@ class _Script:
             return await client.eval(self.source, 1, key, *args)
 
 
-def _bulk(args: Sequence[Any]) -> list[bytes]:
-    """The RESP bulk strings of ``args`` (bytes, str, int or float, encoded as
-    redis-py's encoder does), each without its closing CRLF."""
-    parts = []
+# "$<length>" of the bulk strings of the usual sizes, made once.
+_LENGTHS = [b"$%d" % size for size in range(4096)]
+
+
+def _encoded(arg: Any) -> bytes:
+    # As redis-py's encoder does.
+    if type(arg) is str:
+        return arg.encode()
+    if type(arg) is float:
+        return repr(arg).encode()
+    return b"%d" % arg
+
+
+def _bulk(args: Sequence[Any]) -> bytes:
+    """The RESP bulk strings of ``args`` (bytes, str, int or float), without the
+    closing CRLF of the last one: each is "$<length>" and the bytes, and one join with
+    CRLF between all of them makes the whole."""
+    parts: list[bytes] = []
+    add = parts.append
+    lengths = _LENGTHS
     for arg in args:
         if type(arg) is not bytes:
-            if type(arg) is str:
-                arg = arg.encode()
-            elif type(arg) is float:
-                arg = repr(arg).encode()
-            else:
-                arg = b"%d" % arg
-        parts.append(b"$%d\r\n%b" % (len(arg), arg))
-    return parts
+            arg = _encoded(arg)
+        size = len(arg)
+        add(lengths[size] if size < 4096 else b"$%d" % size)
+        add(arg)
+    return b"\r\n".join(parts)
 
 
 def _pack(*args: Any) -> bytes:
     """One command in RESP, as redis-py's ``pack_command`` makes it, without its
     per-argument encoder calls."""
-    return b"*%d\r\n%b\r\n" % (len(args), b"\r\n".join(_bulk(args)))
+    return b"*%d\r\n%b\r\n" % (len(args), _bulk(args))
 
 
 async def _exchange(connection: Any, packed: bytes) -> Any:
@@ -476,6 +494,24 @@ async def _exchange(connection: Any, packed: bytes) -> Any:
     return await connection.read_response(timeout=math.inf)
 
 
+async def _retry(connection: Any, packed: bytes, error: Exception) -> Any:
+    """The attempts after a first one that failed with ``error``, made by the
+    connection's ``Retry`` as if that first one had been its own: the number of
+    retries, their backoff and the errors they cover stay its settings. (The first
+    attempt is made without it: its coroutine and two closures cost a few µs on every
+    command.)"""
+    first = [error]
+
+    async def attempt() -> Any:
+        if first:
+            raise first.pop()
+        return await _exchange(connection, packed)
+
+    return await connection.retry.call_with_retry(
+        attempt, lambda failure: connection.disconnect(error=failure)
+    )
+
+
 # The packed "EVALSHA <sha> 1" that starts each script's command, by SHA.
 _EVALSHA_HEADS: dict[str, bytes] = {}
 
@@ -486,8 +522,10 @@ class _Lane:
     each. A ``redis.asyncio.Redis`` call spends about 40 µs of its own (a task for its
     write timeout, a timer for its read timeout, metrics hooks) on a small VM, where
     a loopback round trip costs 50 to 130 µs. Retries follow the connection's own
-    ``Retry``; the client's ``socket_timeout`` bounds each attempt, through the
-    backend's watchdog. A Cluster client keeps redis-py's own path (its routing)."""
+    ``Retry`` (see _retry); the connection's ``socket_timeout`` bounds a call with its
+    retries, through the backend's watchdog: the first call of an operation moves the
+    operation's own deadline up for its duration, any other registers one. A Cluster
+    client keeps redis-py's own path (its routing)."""
 
     __slots__ = ("backend", "pool")
 
@@ -496,34 +534,50 @@ class _Lane:
         self.pool = client.connection_pool
 
     async def call(self, packed: bytes) -> Any:
+        watchdog = self.backend._watchdog
+        assert watchdog is not None  # every call runs inside RedisBackend._run
+        # Read before the first await: the entry of the operation this call is in,
+        # unless a parallel operation has started since (a script's EVAL fallback).
+        entry = watchdog.entry
         pool = self.pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        deadline = None
         try:
-            attempts = connection.retry.call_with_retry(
-                lambda: _exchange(connection, packed),
-                lambda error: connection.disconnect(error=error),
-            )
             timeout = connection.socket_timeout
-            if not timeout:
-                return await attempts
-            watchdog = self.backend._watchdog
-            assert watchdog is not None  # every call runs inside RedisBackend._run
-            task = asyncio.current_task()
-            assert task is not None
-            entry: list[Any] = [task, watchdog.loop.time() + timeout, task.cancelling(), False]
-            watchdog.pending[id(entry)] = entry
+            if timeout:
+                if entry[0] is not asyncio.current_task():
+                    return await self._own_deadline(connection, packed, timeout)
+                end = watchdog.loop.time() + timeout
+                if end < entry[1]:
+                    deadline = entry[1]
+                    entry[1], entry[4] = end, timeout
             try:
-                return await attempts
-            except asyncio.CancelledError:
-                if _fired(entry, task):
-                    raise RedisTimeoutError(
-                        f"Timeout reading from Redis after {timeout}s"
-                    ) from None
-                raise
-            finally:
-                del watchdog.pending[id(entry)]
+                return await _exchange(connection, packed)
+            except Exception as error:
+                return await _retry(connection, packed, error)
         finally:
+            if deadline is not None and not entry[3]:  # once fired, _run reads it
+                entry[1], entry[4] = deadline, None
             await pool.release(connection)
+
+    async def _own_deadline(self, connection: Any, packed: bytes, seconds: float) -> Any:
+        watchdog = self.backend._watchdog
+        task = asyncio.current_task()
+        assert watchdog is not None
+        assert task is not None
+        entry: list[Any] = [task, watchdog.loop.time() + seconds, task.cancelling(), False, seconds]
+        watchdog.pending[id(entry)] = entry
+        try:
+            try:
+                return await _exchange(connection, packed)
+            except Exception as error:
+                return await _retry(connection, packed, error)
+        except asyncio.CancelledError:
+            if _fired(entry, task):
+                raise RedisTimeoutError(f"Timeout reading from Redis after {seconds}s") from None
+            raise
+        finally:
+            del watchdog.pending[id(entry)]
 
     def hget(self, key: str, field: str) -> Awaitable[Any]:
         return self.call(_pack(b"HGET", key, field))
@@ -534,8 +588,8 @@ class _Lane:
     def evalsha(self, sha: str, numkeys: int, key: str, *args: Any) -> Awaitable[Any]:
         head = _EVALSHA_HEADS.get(sha)
         if head is None:
-            head = _EVALSHA_HEADS[sha] = b"\r\n".join(_bulk((b"EVALSHA", sha, numkeys)))
-        body = b"\r\n".join(_bulk((key, *args)))
+            head = _EVALSHA_HEADS[sha] = _bulk((b"EVALSHA", sha, numkeys))
+        body = _bulk((key, *args))
         return self.call(b"*%d\r\n%b\r\n%b\r\n" % (len(args) + 4, head, body))
 
     def eval(self, source: str, numkeys: int, key: str, *args: Any) -> Awaitable[Any]:
@@ -940,8 +994,15 @@ class RedisBackend:
             # switches watchdogs; each call keeps the one it registered with.
             watchdog = self._watchdog = _Watchdog(loop, self.operation_timeout / 20)
         # watchdog.start(), inlined: this runs on every Redis call.
-        entry: list[Any] = [task, loop.time() + self.operation_timeout, task.cancelling(), False]
+        entry: list[Any] = [
+            task,
+            loop.time() + self.operation_timeout,
+            task.cancelling(),
+            False,
+            None,
+        ]
         watchdog.pending[id(entry)] = entry
+        watchdog.entry = entry
         watchdog.busy = True
         if watchdog.handle is None:
             watchdog.handle = loop.call_later(watchdog.period, watchdog.tick)
@@ -949,6 +1010,11 @@ class RedisBackend:
             return await operation
         except asyncio.CancelledError:
             if _fired(entry, task):
+                if entry[4] is not None:
+                    # A _Lane call's socket timeout, which moved the deadline up.
+                    raise BackendUnavailable(
+                        f"Redis timed out: Timeout reading from Redis after {entry[4]}s"
+                    ) from None
                 raise BackendUnavailable(
                     f"Redis did not answer within {self.operation_timeout}s"
                 ) from None
@@ -969,6 +1035,7 @@ class RedisBackend:
             ) from exc
         finally:
             del watchdog.pending[id(entry)]
+            entry[0] = None  # ended: a later _Lane call must not move its deadline
 
     # -- the backend protocol ----------------------------------------------------------
 
