@@ -23,6 +23,10 @@ redis-py's client. Rounds interleave the commands; the report gives medians of w
 command. ``--busy N`` keeps N spinning processes at the lowest priority meanwhile, so
 no CPU goes idle between commands: the difference from an idle run is what waking an
 idle CPU costs on this machine. The spinners are ours and are stopped by PID.
+
+A last column sends each command 100 at a time on one connection and reads the 100
+replies after: redis-server then runs them back to back without going idle, so its CPU
+per command is the command's own work, without waking up and without cold caches.
 """
 
 from __future__ import annotations
@@ -167,8 +171,62 @@ async def measure(url: str, pid: int, rounds: int, requests: int) -> list[tuple[
             module._save.sha, 1, key, *arguments
         ),
     }
+
+    def save_packed(index: int) -> bytes:
+        return module._pack(b"EVALSHA", module._save.sha, 1, key, *arguments)
+
+    def create_packed(index: int) -> bytes:
+        new = f"bench:costs:piped:{index}"
+        return module._pack(
+            b"EVALSHA", module._save.sha, 1, new, b"n", arguments[1], len(pairs) // 2, b"",
+            *arguments[4:5], *pairs,
+        )  # fmt: skip
+
+    def multi_packed(index: int) -> bytes:
+        new = f"bench:costs:piped-multi:{index}"
+        temporary = "{" + new + "}:tmp"
+        return b"".join(
+            (
+                module._pack(b"MULTI"),
+                module._pack(b"HSET", temporary, *pairs),
+                module._pack(b"PEXPIRE", temporary, arguments[1]),
+                module._pack(b"RENAMENX", temporary, new),
+                module._pack(b"EXEC"),
+            )
+        )
+
+    # The same commands as packed bytes (index: a distinct key where the command
+    # creates one), and how many replies each gets, for the pipelined column.
+    hget = module._pack(b"HGET", key, "x")
+    empty = module._pack(b"EVALSHA", trivial.sha, 1, key)
+    piped: dict[str, tuple[Callable[[int], bytes], int]] = {
+        "SET (lane)": (lambda index: plain_set, 1),
+        "GET (lane)": (lambda index: plain_get, 1),
+        "HGET view (lane)": (lambda index: hget, 1),
+        "EVALSHA return 1 (lane)": (lambda index: empty, 1),
+        "EVALSHA save, s3 commit (lane)": (save_packed, 1),
+        "EVALSHA create, s4 commit (lane)": (create_packed, 1),
+        "MULTI create without a script (lane)": (multi_packed, 5),
+    }
+    batch = 100
+    indexes = iter(range(10**9))
+
+    async def pipelined(packed: Callable[[int], bytes], replies: int) -> float:
+        data = b"".join(packed(next(indexes)) for _ in range(batch))
+        connection = await lane.pool.get_connection()
+        try:
+            server = _server_cpu_ns(pid)
+            connection._writer.write(data)
+            for _ in range(batch * replies):
+                await connection.read_response(timeout=5)
+            return (_server_cpu_ns(pid) - server) / batch / 1000
+        finally:
+            await lane.pool.release(connection)
+
     results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in commands}
+    piped_results: dict[str, list[float]] = {name: [] for name in piped}
     try:
+        await client.script_load(trivial.source)
         for command in commands.values():
             for _ in range(50):
                 await command()
@@ -187,6 +245,9 @@ async def measure(url: str, pid: int, rounds: int, requests: int) -> list[tuple[
                         (_server_cpu_ns(pid) - server) / requests / 1000,
                     )
                 )
+            for name, (packed, replies) in piped.items():
+                for _ in range(max(1, requests // batch)):
+                    piped_results[name].append(await pipelined(packed, replies))
     finally:
         keys = [k async for k in client.scan_iter(match="bench:costs:*")]
         if keys:
@@ -194,7 +255,13 @@ async def measure(url: str, pid: int, rounds: int, requests: int) -> list[tuple[
         await client.aclose()
         await backend.aclose()
     return [
-        (name, [statistics.median(column) for column in zip(*samples, strict=True)])
+        (
+            name,
+            [
+                *(statistics.median(column) for column in zip(*samples, strict=True)),
+                statistics.median(piped_results[name]) if name in piped_results else None,
+            ],
+        )
         for name, samples in results.items()
     ]
 
@@ -207,11 +274,18 @@ def report(rows: list[tuple[str, Any]], busy: int, revision: str) -> str:
     )
     lines += [
         "",
-        "| command | wall µs | client CPU µs | redis-server CPU µs |",
-        "|---|---:|---:|---:|",
+        "| command | wall µs | client CPU µs | redis-server CPU µs | redis-server CPU µs,"
+        " pipelined |",
+        "|---|---:|---:|---:|---:|",
     ]
-    for name, (wall, cpu, server) in rows:
-        lines.append(f"| {name} | {wall:.1f} | {cpu:.1f} | {server:.1f} |")
+    for name, (wall, cpu, server, piped) in rows:
+        alone = "-" if piped is None else f"{piped:.2f}"
+        lines.append(f"| {name} | {wall:.1f} | {cpu:.1f} | {server:.1f} | {alone} |")
+    lines += [
+        "",
+        "Pipelined: 100 commands sent at once, their replies read after; redis-py's rows"
+        " send the same commands, which cost the server the same.",
+    ]
     return "\n".join(lines) + "\n"
 
 
