@@ -65,7 +65,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import hashlib
+import inspect
 import math
 import re
 import struct
@@ -77,10 +79,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 import msgpack
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError, NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from asgi_sessions._bounded import make_room
@@ -357,6 +360,15 @@ def _expire(waiter: asyncio.Future[None]) -> None:
         waiter.set_exception(_PoolTimeout())
 
 
+# redis-py 7 and later: a connection can be marked to reconnect when it is released
+# (maintenance notifications); earlier releases have no such mark.
+_MARKS_FOR_RECONNECT = hasattr(AbstractConnection, "should_reconnect")
+# redis-py 7 and later: a check for pending data that leaves the data in place.
+_PEEKS = hasattr(AbstractConnection, "can_read")
+# redis-py 6 and later: disconnect() is told the error (for its metrics).
+_DISCONNECT_TAKES_ERROR = "error" in inspect.signature(AbstractConnection.disconnect).parameters
+
+
 class _WaitingPool(ConnectionPool):
     """A connection pool that, when all ``max_connections`` are in use, waits up to
     ``timeout`` seconds for one to come back, as redis-py's BlockingConnectionPool
@@ -379,15 +391,20 @@ class _WaitingPool(ConnectionPool):
             # the take, so no other task can come between them.
             try:
                 connection = self.get_available_connection()  # type: ignore[no-untyped-call]
-            except MaxConnectionsError:
-                continue  # taken between the wake-up and here: wait again
+            except RedisConnectionError:
+                # Taken between the wake-up and here (MaxConnectionsError; a plain
+                # ConnectionError before redis-py 6): wait again. Taking a connection
+                # does no I/O, so nothing else raises here.
+                continue
             break
         if self._waiters and self.can_get_connection():
             self._wake_one()  # more came back than this one: let the next in
         try:
             # ensure_connection() for a connection that is up and clean, without
-            # the retry wrapper its connect() enters even then.
-            if not connection.is_connected or await connection.can_read():
+            # the retry wrapper its connect() enters even then. Before redis-py 7 the
+            # only check for pending data reads a byte (can_read_destructive), which
+            # must run once: there ensure_connection() does it, every time.
+            if not _PEEKS or not connection.is_connected or await connection.can_read():
                 await self.ensure_connection(connection)
         except BaseException:
             await self.release(connection)
@@ -427,7 +444,7 @@ class _WaitingPool(ConnectionPool):
         # pool is the backend's own, made from a URL, so no credential provider or
         # maintenance-notification handler listens for them.
         self._in_use_connections.remove(connection)
-        if connection.should_reconnect():
+        if _MARKS_FOR_RECONNECT and connection.should_reconnect():
             await connection.disconnect()
         self._available_connections.append(connection)
         self._wake_one()
@@ -507,8 +524,19 @@ async def _retry(connection: Any, packed: bytes, error: Exception) -> Any:
             raise first.pop()
         return await _exchange(connection, packed)
 
-    return await connection.retry.call_with_retry(
-        attempt, lambda failure: connection.disconnect(error=failure)
+    if _DISCONNECT_TAKES_ERROR:
+        return await connection.retry.call_with_retry(
+            attempt, lambda failure: connection.disconnect(error=failure)
+        )
+    return await connection.retry.call_with_retry(attempt, lambda _: connection.disconnect())
+
+
+def _takes_no_arguments(function: Callable[..., Any]) -> bool:
+    """Whether ``function`` can be called without arguments."""
+    return all(
+        parameter.default is not inspect.Parameter.empty
+        or parameter.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        for parameter in inspect.signature(function).parameters.values()
     )
 
 
@@ -527,11 +555,17 @@ class _Lane:
     operation's own deadline up for its duration, any other registers one. A Cluster
     client keeps redis-py's own path (its routing)."""
 
-    __slots__ = ("backend", "pool")
+    __slots__ = ("backend", "pool", "take")
 
     def __init__(self, backend: RedisBackend, client: Redis) -> None:
         self.backend = backend
         self.pool = client.connection_pool
+        # A pool's get_connection() takes no arguments since redis-py 5.3 (which
+        # deprecates them) and requires a command name before.
+        take = self.pool.get_connection
+        self.take: Callable[[], Awaitable[Any]] = (
+            take if _takes_no_arguments(take) else functools.partial(take, "EVALSHA")
+        )
 
     async def call(self, packed: bytes) -> Any:
         watchdog = self.backend._watchdog
@@ -540,7 +574,7 @@ class _Lane:
         # unless a parallel operation has started since (a script's EVAL fallback).
         entry = watchdog.entry
         pool = self.pool
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        connection = await self.take()
         deadline = None
         try:
             timeout = connection.socket_timeout
