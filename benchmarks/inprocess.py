@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import cProfile
 import gc
@@ -620,6 +621,117 @@ async def _profile(
     return f"{title}\n{overall}\n### only asgi_sessions functions\n\n{ours}", True
 
 
+async def phases(name: str, key: str, requests: int) -> tuple[str, bool]:
+    """One cell's requests timed in phases, from timestamps taken where a command is
+    written to its socket and where redis-py's connection has parsed the reply (after
+    a check and a warm-up): the medians of each stretch of Python and of each round
+    trip, and whether the cell behaved."""
+    scenario = next(s for s in SCENARIOS if s.key == key)
+    notes: list[str] = []
+    broken: dict[str, list[str]] = {}
+    cells, rows = await build_cells([name], [scenario], notes, broken)
+    try:
+        return await _phases(cells, notes, broken, name, scenario, requests)
+    finally:
+        for row in rows:
+            if row.aclose is not None:
+                await row.aclose()
+
+
+async def _phases(
+    cells: list[Cell],
+    notes: list[str],
+    broken: dict[str, list[str]],
+    name: str,
+    scenario: Scenario,
+    requests: int,
+) -> tuple[str, bool]:
+    from redis.asyncio.connection import AbstractConnection
+
+    key = scenario.key
+    if broken:
+        return f"{name} {key} BROKEN: " + "; ".join(broken[name]) + "\n", False
+    if not cells:
+        return "\n".join(notes or [f"{name} does not run in {key}"]) + "\n", True
+    cell = cells[0]
+    app, template = cell.row.app, cell.template
+    marks: list[int] = []
+    clock = time.perf_counter_ns
+    # Where any Redis client here (our lean path, redis-py's own) hands a command to
+    # the socket, and where redis-py's connection has parsed its reply.
+    write, writelines = asyncio.StreamWriter.write, asyncio.StreamWriter.writelines
+    read_response = AbstractConnection.read_response
+
+    def marked_write(self: asyncio.StreamWriter, data: Any) -> None:
+        marks.append(clock())
+        write(self, data)
+
+    def marked_writelines(self: asyncio.StreamWriter, data: Any) -> None:
+        marks.append(clock())
+        writelines(self, data)
+
+    async def marked_read(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await read_response(self, *args, **kwargs)
+        finally:
+            marks.append(clock())
+
+    watch = LogWatch()
+    logging.getLogger("asgi_sessions").addHandler(watch)
+    asyncio.StreamWriter.write = marked_write  # type: ignore[method-assign]
+    asyncio.StreamWriter.writelines = marked_writelines  # type: ignore[method-assign]
+    AbstractConnection.read_response = marked_read  # type: ignore[method-assign]
+    timings: list[list[int]] = []
+    try:
+        if problems := await check(cell, watch):
+            return f"{name} {key} BROKEN: " + "; ".join(problems) + "\n", False
+        await timed(app, template, max(20, requests // 5))
+        gc.collect()
+        for _ in range(requests):
+            marks.clear()
+            start = clock()
+            await app(template.copy(), _receive, _discard)
+            timings.append([start, *marks, clock()])
+    finally:
+        asyncio.StreamWriter.write = write  # type: ignore[method-assign]
+        asyncio.StreamWriter.writelines = writelines  # type: ignore[method-assign]
+        AbstractConnection.read_response = read_response  # type: ignore[method-assign]
+        logging.getLogger("asgi_sessions").removeHandler(watch)
+    title = f"## Phases: {name}, {key} ({scenario.title}), {requests} requests"
+    shapes = collections.Counter(len(t) for t in timings)
+    size = shapes.most_common(1)[0][0]
+    trips = (size - 2) // 2
+    if trips == 0:
+        return f"{title}\n\nno Redis command\n", True
+    names = []
+    for trip in range(1, trips + 1):
+        names.append(
+            "Python before command 1" if trip == 1 else f"Python between {trip - 1} and {trip}"
+        )
+        names.append(f"command {trip}: sent to reply read")
+    names.append(f"Python after command {trips}'s reply")
+    lines = [
+        title,
+        "",
+        "| stretch | median µs | 25th-75th |",
+        "|---|---:|---:|",
+    ]
+    kept = [t for t in timings if len(t) == size]
+    for index, label in enumerate(names):
+        values = [(t[index + 1] - t[index]) / 1000 for t in kept]
+        low, middle, high = _quartiles(values)
+        lines.append(f"| {label} | {middle:.1f} | {low:.1f}-{high:.1f} |")
+    low, middle, high = _quartiles([(t[-1] - t[0]) / 1000 for t in kept])
+    lines.append(f"| whole request | {middle:.1f} | {low:.1f}-{high:.1f} |")
+    lines += [
+        "",
+        f"{len(kept)} of {len(timings)} requests sent {trips} command(s) and are counted;"
+        " a command is timed from its write to the socket to its parsed reply (redis-py's"
+        " parser, for our lean path too), which the stretches of Python lie between.",
+    ]
+    return "\n".join(lines) + "\n", True
+
+
 # -- the report --------------------------------------------------------------------
 
 
@@ -1045,6 +1157,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--profile-top", type=int, default=15, metavar="N", help="functions to list (15)"
     )
     parser.add_argument(
+        "--phases",
+        action="append",
+        metavar="ROW:SCENARIO",
+        help="instead of the benchmark, time one cell's requests in phases (repeatable): "
+        "the Python before, between and after its Redis round trips, and the round trips, "
+        "e.g. ours-redis:s3",
+    )
+    parser.add_argument(
         "--redis-url",
         metavar="URL",
         help="the Redis server for the Redis rows (keys under 'bench:', never flushed); "
@@ -1072,13 +1192,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"unknown scenarios {', '.join(unknown)}; choose from {sorted(known)}")
         scenarios = [s for s in SCENARIOS if s.key in args.scenarios]
     args.scenario_list = scenarios
-    cells = []
-    for item in args.profile or ():
-        name, _, key = item.partition(":")
-        if name not in ROWS or key not in {s.key for s in SCENARIOS}:
-            parser.error(f"--profile wants ROW:SCENARIO such as ours-jwt:s2, got {item!r}")
-        cells.append((name, key))
-    args.profile_cells = cells
+    for option in ("profile", "phases"):
+        cells = []
+        for item in getattr(args, option) or ():
+            name, _, key = item.partition(":")
+            if name not in ROWS or key not in {s.key for s in SCENARIOS}:
+                parser.error(f"--{option} wants ROW:SCENARIO such as ours-redis:s3, got {item!r}")
+            cells.append((name, key))
+        setattr(args, f"{option}_cells", cells)
     return args
 
 
@@ -1172,13 +1293,18 @@ def redis_for(needed: bool, url: str | None) -> Iterator[tuple[int | None, str]]
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    wanted = {name for name, _ in args.profile_cells} if args.profile_cells else args.names
+    special = args.profile_cells + args.phases_cells
+    wanted = {name for name, _ in special} if special else args.names
     needs_redis = any(ROWS[name].redis for name in wanted)
     with redis_for(needs_redis, args.redis_url) as (redis_pid, redis_line):
-        if args.profile_cells:
+        if special:
             behaved = True
             for name, key in args.profile_cells:
                 text, ok = asyncio.run(profile(name, key, args.requests, args.profile_top))
+                behaved &= ok
+                print(text)
+            for name, key in args.phases_cells:
+                text, ok = asyncio.run(phases(name, key, args.requests))
                 behaved &= ok
                 print(text)
             return 0 if behaved else 1
