@@ -57,7 +57,7 @@ import signal
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -563,62 +563,60 @@ async def run(
     return Outcome(cells, broken, notes, time.perf_counter() - started)
 
 
-async def profile(name: str, key: str, requests: int, top: int) -> tuple[str, bool]:
-    """cProfile of one cell's hot loop (after a check and a warm-up): the ``top``
-    functions by own time, and whether the cell behaved."""
+async def one_cell(
+    name: str, key: str, measure: Callable[[Cell, Scenario], Awaitable[str]]
+) -> tuple[str, bool]:
+    """Build the cell of row ``name`` in scenario ``key``, check that it behaves, then
+    ``measure`` it: the text to print, and whether the cell behaved."""
     scenario = next(s for s in SCENARIOS if s.key == key)
     notes: list[str] = []
     broken: dict[str, list[str]] = {}
     cells, rows = await build_cells([name], [scenario], notes, broken)
     try:
-        return await _profile(cells, notes, broken, name, scenario, requests, top)
+        if broken:
+            return f"{name} {key} BROKEN: " + "; ".join(broken[name]) + "\n", False
+        if not cells:
+            return "\n".join(notes or [f"{name} does not run in {key}"]) + "\n", True
+        watch = LogWatch()
+        logging.getLogger("asgi_sessions").addHandler(watch)
+        try:
+            if problems := await check(cells[0], watch):
+                return f"{name} {key} BROKEN: " + "; ".join(problems) + "\n", False
+            return await measure(cells[0], scenario), True
+        finally:
+            logging.getLogger("asgi_sessions").removeHandler(watch)
     finally:
         for row in rows:
             if row.aclose is not None:
                 await row.aclose()
 
 
-async def _profile(
-    cells: list[Cell],
-    notes: list[str],
-    broken: dict[str, list[str]],
-    name: str,
-    scenario: Scenario,
-    requests: int,
-    top: int,
-) -> tuple[str, bool]:
-    key = scenario.key
-    if broken:
-        return f"{name} {key} BROKEN: " + "; ".join(broken[name]) + "\n", False
-    if not cells:
-        return "\n".join(notes or [f"{name} does not run in {key}"]) + "\n", True
-    cell = cells[0]
-    watch = LogWatch()
-    logging.getLogger("asgi_sessions").addHandler(watch)
-    try:
-        if problems := await check(cell, watch):
-            return f"{name} {key} BROKEN: " + "; ".join(problems) + "\n", False
+async def profile(name: str, key: str, requests: int, top: int) -> tuple[str, bool]:
+    """cProfile of one cell's hot loop (after a check and a warm-up): the ``top``
+    functions by own time, and whether the cell behaved."""
+
+    async def measure(cell: Cell, scenario: Scenario) -> str:
         await timed(cell.row.app, cell.template, max(20, requests // 5))
         gc.collect()
         profiler = cProfile.Profile()
         profiler.enable()
         await timed(cell.row.app, cell.template, requests)
         profiler.disable()
-    finally:
-        logging.getLogger("asgi_sessions").removeHandler(watch)
-    stream = io.StringIO()
-    stats = pstats.Stats(profiler, stream=stream)
-    stats.sort_stats(pstats.SortKey.TIME).print_stats(top)
-    overall = stream.getvalue()
-    stream.seek(0)
-    stream.truncate()
-    # The same profile restricted to the package, which the overall list buries
-    # under Starlette's own frames.
-    stats.print_stats("asgi_sessions", top)
-    ours = stream.getvalue()
-    ours = ours[ours.find("   ncalls") :] if "   ncalls" in ours else ours
-    title = f"## cProfile: {name}, {key} ({scenario.title}), {requests} requests, by tottime"
-    return f"{title}\n{overall}\n### only asgi_sessions functions\n\n{ours}", True
+        stream = io.StringIO()
+        stats = pstats.Stats(profiler, stream=stream)
+        stats.sort_stats(pstats.SortKey.TIME).print_stats(top)
+        overall = stream.getvalue()
+        stream.seek(0)
+        stream.truncate()
+        # The same profile restricted to the package, which the overall list buries
+        # under Starlette's own frames.
+        stats.print_stats("asgi_sessions", top)
+        ours = stream.getvalue()
+        ours = ours[ours.find("   ncalls") :] if "   ncalls" in ours else ours
+        title = f"## cProfile: {name}, {key} ({scenario.title}), {requests} requests, by tottime"
+        return f"{title}\n{overall}\n### only asgi_sessions functions\n\n{ours}"
+
+    return await one_cell(name, key, measure)
 
 
 async def phases(name: str, key: str, requests: int) -> tuple[str, bool]:
@@ -626,34 +624,21 @@ async def phases(name: str, key: str, requests: int) -> tuple[str, bool]:
     written to its socket and where redis-py's connection has parsed the reply (after
     a check and a warm-up): the medians of each stretch of Python and of each round
     trip, and whether the cell behaved."""
-    scenario = next(s for s in SCENARIOS if s.key == key)
-    notes: list[str] = []
-    broken: dict[str, list[str]] = {}
-    cells, rows = await build_cells([name], [scenario], notes, broken)
-    try:
-        return await _phases(cells, notes, broken, name, scenario, requests)
-    finally:
-        for row in rows:
-            if row.aclose is not None:
-                await row.aclose()
+
+    async def measure(cell: Cell, scenario: Scenario) -> str:
+        timings = await _timestamps(cell, requests)
+        return _phases_table(
+            timings, f"## Phases: {name}, {key} ({scenario.title}), {requests} requests"
+        )
+
+    return await one_cell(name, key, measure)
 
 
-async def _phases(
-    cells: list[Cell],
-    notes: list[str],
-    broken: dict[str, list[str]],
-    name: str,
-    scenario: Scenario,
-    requests: int,
-) -> tuple[str, bool]:
+async def _timestamps(cell: Cell, requests: int) -> list[list[int]]:
+    """For each of ``requests`` requests (after a warm-up): its start, the time of each
+    write of a Redis command and of each parsed reply, and its end."""
     from redis.asyncio.connection import AbstractConnection
 
-    key = scenario.key
-    if broken:
-        return f"{name} {key} BROKEN: " + "; ".join(broken[name]) + "\n", False
-    if not cells:
-        return "\n".join(notes or [f"{name} does not run in {key}"]) + "\n", True
-    cell = cells[0]
     app, template = cell.row.app, cell.template
     marks: list[int] = []
     clock = time.perf_counter_ns
@@ -676,15 +661,11 @@ async def _phases(
         finally:
             marks.append(clock())
 
-    watch = LogWatch()
-    logging.getLogger("asgi_sessions").addHandler(watch)
     asyncio.StreamWriter.write = marked_write  # type: ignore[method-assign]
     asyncio.StreamWriter.writelines = marked_writelines  # type: ignore[method-assign]
     AbstractConnection.read_response = marked_read  # type: ignore[method-assign]
     timings: list[list[int]] = []
     try:
-        if problems := await check(cell, watch):
-            return f"{name} {key} BROKEN: " + "; ".join(problems) + "\n", False
         await timed(app, template, max(20, requests // 5))
         gc.collect()
         for _ in range(requests):
@@ -696,13 +677,15 @@ async def _phases(
         asyncio.StreamWriter.write = write  # type: ignore[method-assign]
         asyncio.StreamWriter.writelines = writelines  # type: ignore[method-assign]
         AbstractConnection.read_response = read_response  # type: ignore[method-assign]
-        logging.getLogger("asgi_sessions").removeHandler(watch)
-    title = f"## Phases: {name}, {key} ({scenario.title}), {requests} requests"
+    return timings
+
+
+def _phases_table(timings: list[list[int]], title: str) -> str:
     shapes = collections.Counter(len(t) for t in timings)
     size = shapes.most_common(1)[0][0]
     trips = (size - 2) // 2
     if trips == 0:
-        return f"{title}\n\nno Redis command\n", True
+        return f"{title}\n\nno Redis command\n"
     names = []
     for trip in range(1, trips + 1):
         names.append(
@@ -729,7 +712,7 @@ async def _phases(
         " a command is timed from its write to the socket to its parsed reply (redis-py's"
         " parser, for our lean path too), which the stretches of Python lie between.",
     ]
-    return "\n".join(lines) + "\n", True
+    return "\n".join(lines) + "\n"
 
 
 # -- the report --------------------------------------------------------------------
