@@ -9,7 +9,10 @@ Reading rules (documented in the README):
 * a value too long to be ours, or with a character outside ``A-Z a-z 0-9 - _ .``, is
   malformed and never reaches a backend;
 * without ``name``, the chunks ``name.0``, ``name.1``, ... are joined in order; a
-  missing or repeated chunk makes the value malformed.
+  missing or repeated chunk makes the value malformed. A chunk at or past
+  ``max_chunks`` (but under ``MAX_CHUNKS``, so one a configuration could have written)
+  is left out of the value and only noted, so the next Set-Cookie expires it: a browser
+  that kept chunks from before ``max_cookie_chunks`` was lowered is not locked out.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ _DOMAIN = re.compile(r"\.?[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?")
 _PATH_FORBIDDEN = re.compile(r"[\x00-\x20;\x7f-\U0010ffff]")
 
 BROWSER_COOKIE_LIMIT = 4096  # bytes of name + "=" + value a browser keeps per cookie
+MAX_CHUNKS = 50  # the most max_cookie_chunks allows: chunk names run name.0 to name.49
 _EXPIRED = b"; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT"
 
 SameSite = Literal["lax", "strict", "none"]
@@ -120,8 +124,8 @@ class CookieSettings:
             isinstance(self.domain, str) and _DOMAIN.fullmatch(self.domain)
         ):
             raise ConfigurationError(f"domain {self.domain!r} is not a valid cookie domain")
-        if not 1 <= self.max_chunks <= 50:
-            raise ConfigurationError("max_cookie_chunks must be between 1 and 50")
+        if not 1 <= self.max_chunks <= MAX_CHUNKS:
+            raise ConfigurationError(f"max_cookie_chunks must be between 1 and {MAX_CHUNKS}")
 
         parts = [f"; Path={self.path}"]
         if self.domain is not None:
@@ -198,7 +202,7 @@ class CookieSettings:
                 value = raw.strip()
             elif key.startswith(chunk_prefix):
                 index_text = key[len(chunk_prefix) :]
-                # Chunks are named name.0 to name.99: "name.01" is not one of ours.
+                # Chunks are named name.0 to name.49: "name.01" is not one of ours.
                 if (
                     not index_text.isdigit()
                     or len(index_text) > 2
@@ -206,10 +210,13 @@ class CookieSettings:
                 ):
                     continue
                 index = int(index_text)
-                if index in chunks or index >= self.max_chunks:
+                if index >= MAX_CHUNKS:
+                    continue
+                names[key.decode("ascii")] = None
+                if index >= self.max_chunks:
+                    continue  # written under a higher max_cookie_chunks: expired next time
+                if index in chunks:
                     bad_chunk = True
-                else:
-                    names[key.decode("ascii")] = None
                 chunks[index] = raw.strip()
         seen = tuple(names)
         if duplicate:

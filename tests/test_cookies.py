@@ -76,13 +76,28 @@ def test_chunks_are_joined_in_order() -> None:
 
 
 @pytest.mark.parametrize(
-    "header",
-    [b"session.0=a; session.2=c", b"session.1=b", b"session.0=a; session.0=b", b"session.9=a"],
+    "header", [b"session.0=a; session.2=c", b"session.1=b", b"session.0=a; session.0=b"]
 )
-def test_gaps_repeats_and_out_of_range_chunks_are_refused(header: bytes) -> None:
+def test_gaps_and_repeated_chunks_are_refused(header: bytes) -> None:
     result = read(header)
     assert result.value is None
     assert result.problem is not None
+
+
+def test_chunks_from_a_higher_max_cookie_chunks_are_left_out_and_expired_next() -> None:
+    """A browser keeps the chunks it got before max_cookie_chunks was lowered (until
+    their Max-Age): they are not part of the value, never make it malformed, and the
+    next Set-Cookie expires them. Names past the highest allowed setting are not ours."""
+    settings = CookieSettings(max_chunks=2)
+    header = b"session.0=ab; session.1=cd; session.2=old; session.3=old; session.50=x"
+    result = settings.read([(b"cookie", header)])
+    assert result.value == "abcd"
+    assert result.problem is None
+    assert set(result.names) == {"session.0", "session.1", "session.2", "session.3"}
+    expired = [h.split(b"=", 1)[0] for h in settings.render("new", 60, result.names)[1:]]
+    assert set(expired) == {b"session.0", b"session.1", b"session.2", b"session.3"}
+    alone = settings.read([(b"cookie", b"session.3=old")])
+    assert (alone.value, alone.problem, alone.names) == (None, None, ("session.3",))
 
 
 def test_unchunked_cookie_wins_over_stale_chunks_and_reports_them() -> None:
@@ -211,3 +226,26 @@ def _drive(middleware: SessionMiddleware, header: bytes) -> None:
     assert sent[0]["status"] == 200
     assert sent[1]["body"] == b"{}"
     assert not [v for k, v in sent[0]["headers"] if k == b"set-cookie"]
+
+
+@pytest.mark.anyio
+async def test_lowering_max_cookie_chunks_does_not_lock_out_a_browser_with_old_chunks() -> None:
+    """A JWT session in three chunks, then the app restarts with max_cookie_chunks=2.
+    The old chunks no longer make a value that verifies (an empty session, not an
+    error), the next write expires the chunk the new limit no longer covers, and the
+    browser then keeps its new two-chunk session. Before, a chunk past the limit made
+    every cookie of that browser malformed, and was never expired."""
+    from asgi_sessions.backends.jwt import JWTBackend
+    from tests.asgi import Client
+
+    secret = "tB4u7-WJx3sI1yYhZk9v0cQe2LmN5pRaGfDdoEiXqUw"
+    big = Client(SessionMiddleware(session_app, backend=JWTBackend(secret), max_cookie_chunks=4))
+    await big.get("/set?blob=" + "a1b2c3d4" * 1100)  # a token of about 12 KB
+    assert sorted(big.jar) == ["session.0", "session.1", "session.2"]
+
+    lowered = SessionMiddleware(session_app, backend=JWTBackend(secret), max_cookie_chunks=2)
+    browser = Client(lowered, jar=dict(big.jar))
+    assert (await browser.get("/read")).json() == {}
+    await browser.get("/set?blob=" + "e5f6" * 1100)  # about 6 KB: two chunks
+    assert sorted(browser.jar) == ["session.0", "session.1"]  # session.2 expired
+    assert (await browser.get("/read")).json() == {"blob": "e5f6" * 1100}
