@@ -360,12 +360,12 @@ def _expire(waiter: asyncio.Future[None]) -> None:
         waiter.set_exception(_PoolTimeout())
 
 
-# redis-py 7 and later: a connection can be marked to reconnect when it is released
+# redis-py 7.0 and later: a connection can be marked to reconnect when it is released
 # (maintenance notifications); earlier releases have no such mark.
 _MARKS_FOR_RECONNECT = hasattr(AbstractConnection, "should_reconnect")
-# redis-py 7 and later: a check for pending data that leaves the data in place.
+# redis-py 8.0 and later: a check for pending data that leaves the data in place.
 _PEEKS = hasattr(AbstractConnection, "can_read")
-# redis-py 6 and later: disconnect() is told the error (for its metrics).
+# redis-py 7.3 and later: disconnect() is told the error (for its metrics).
 _DISCONNECT_TAKES_ERROR = "error" in inspect.signature(AbstractConnection.disconnect).parameters
 
 
@@ -393,7 +393,7 @@ class _WaitingPool(ConnectionPool):
                 connection = self.get_available_connection()  # type: ignore[no-untyped-call]
             except RedisConnectionError:
                 # Taken between the wake-up and here (MaxConnectionsError; a plain
-                # ConnectionError before redis-py 6): wait again. Taking a connection
+                # ConnectionError before redis-py 7.2): wait again. Taking a connection
                 # does no I/O, so nothing else raises here.
                 continue
             break
@@ -401,9 +401,9 @@ class _WaitingPool(ConnectionPool):
             self._wake_one()  # more came back than this one: let the next in
         try:
             # ensure_connection() for a connection that is up and clean, without
-            # the retry wrapper its connect() enters even then. Before redis-py 7 the
-            # only check for pending data reads a byte (can_read_destructive), which
-            # must run once: there ensure_connection() does it, every time.
+            # the retry wrapper its connect() enters even then. Before redis-py 8.0
+            # the only check for pending data reads a byte (can_read_destructive),
+            # which must run once: there ensure_connection() does it, every time.
             if not _PEEKS or not connection.is_connected or await connection.can_read():
                 await self.ensure_connection(connection)
         except BaseException:
