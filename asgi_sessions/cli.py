@@ -74,7 +74,11 @@ def _parser() -> argparse.ArgumentParser:
         help="show what a cookie value holds (a JWT's claims, unverified; a server-side "
         "session looked up by the hash of its token)",
     )
-    p.add_argument("cookie", help="the cookie's value (use - to read it from stdin)")
+    p.add_argument(
+        "cookie",
+        help="the cookie's value (use - to read it from stdin; put -- before a value "
+        "that starts with -)",
+    )
     commands.add_parser("count", parents=[common], help="count live sessions and grace aliases")
     commands.add_parser(
         "prune", parents=[common], help="drop per-user index entries whose session is gone"

@@ -67,7 +67,8 @@ async def test_list_inspect_revoke_count_prune(
     ]
 
     cookie = clients[0].jar["session"]
-    status, out, _ = await run(capsys, "inspect", cookie, *base, "--json")
+    # "--": a token can start with "-" (1 in 64), which argparse would take for an option.
+    status, out, _ = await run(capsys, "inspect", *base, "--json", "--", cookie)
     assert status == 0
     shown = json.loads(out)["session"]
     assert shown["user"] == "ann"
@@ -113,7 +114,7 @@ async def test_inspect_decodes_a_jwt_without_trusting_it(
         SessionMiddleware(session_app, backend=JWTBackend("cli-test-secret-of-at-least-32-bytes!"))
     )
     await client.get("/bind?user=ann")
-    status, out, _ = await run(capsys, "inspect", client.jar["session"], "--json")
+    status, out, _ = await run(capsys, "inspect", "--json", "--", client.jar["session"])
     assert status == 0
     shown = json.loads(out)["jwt"]
     assert shown["verified"] is False
