@@ -124,18 +124,13 @@ async def measure(url: str, pid: int, rounds: int, requests: int) -> list[tuple[
     pairs = arguments[5 : 5 + 2 * int(arguments[2])]
     created = iter(range(10**9))
 
-    def create() -> Awaitable[Any]:
-        new = f"bench:costs:new:{next(created)}"
-        return run(
-            module._save(
-                lane, new, b"n", arguments[1], len(pairs) // 2, b"", *arguments[4:5], *pairs
-            )
-        )
+    def create_arguments(new: str) -> tuple[Any, ...]:
+        # The save script's arguments for a create of ``new`` with the s3 commit's fields.
+        return (new, b"n", arguments[1], len(pairs) // 2, b"", *arguments[4:5], *pairs)
 
-    async def create_without_script() -> Any:
-        new = f"bench:costs:new:{next(created)}"
+    def multi_create(new: str) -> bytes:
         temporary = "{" + new + "}:tmp"  # the same Cluster slot as ``new``
-        packed = b"".join(
+        return b"".join(
             (
                 module._pack(b"MULTI"),
                 module._pack(b"HSET", temporary, *pairs),
@@ -144,6 +139,12 @@ async def measure(url: str, pid: int, rounds: int, requests: int) -> list[tuple[
                 module._pack(b"EXEC"),
             )
         )
+
+    def create() -> Awaitable[Any]:
+        return run(module._save(lane, *create_arguments(f"bench:costs:new:{next(created)}")))
+
+    async def create_without_script() -> Any:
+        packed = multi_create(f"bench:costs:new:{next(created)}")
         pool = lane.pool
         connection = await pool.get_connection()
         try:
@@ -172,41 +173,27 @@ async def measure(url: str, pid: int, rounds: int, requests: int) -> list[tuple[
         ),
     }
 
-    def save_packed(index: int) -> bytes:
-        return module._pack(b"EVALSHA", module._save.sha, 1, key, *arguments)
-
-    def create_packed(index: int) -> bytes:
-        new = f"bench:costs:piped:{index}"
-        return module._pack(
-            b"EVALSHA", module._save.sha, 1, new, b"n", arguments[1], len(pairs) // 2, b"",
-            *arguments[4:5], *pairs,
-        )  # fmt: skip
-
-    def multi_packed(index: int) -> bytes:
-        new = f"bench:costs:piped-multi:{index}"
-        temporary = "{" + new + "}:tmp"
-        return b"".join(
-            (
-                module._pack(b"MULTI"),
-                module._pack(b"HSET", temporary, *pairs),
-                module._pack(b"PEXPIRE", temporary, arguments[1]),
-                module._pack(b"RENAMENX", temporary, new),
-                module._pack(b"EXEC"),
-            )
-        )
-
     # The same commands as packed bytes (index: a distinct key where the command
     # creates one), and how many replies each gets, for the pipelined column.
     hget = module._pack(b"HGET", key, "x")
     empty = module._pack(b"EVALSHA", trivial.sha, 1, key)
+    save = module._pack(b"EVALSHA", module._save.sha, 1, key, *arguments)
     piped: dict[str, tuple[Callable[[int], bytes], int]] = {
         "SET (lane)": (lambda index: plain_set, 1),
         "GET (lane)": (lambda index: plain_get, 1),
         "HGET view (lane)": (lambda index: hget, 1),
         "EVALSHA return 1 (lane)": (lambda index: empty, 1),
-        "EVALSHA save, s3 commit (lane)": (save_packed, 1),
-        "EVALSHA create, s4 commit (lane)": (create_packed, 1),
-        "MULTI create without a script (lane)": (multi_packed, 5),
+        "EVALSHA save, s3 commit (lane)": (lambda index: save, 1),
+        "EVALSHA create, s4 commit (lane)": (
+            lambda index: module._pack(
+                b"EVALSHA", module._save.sha, 1, *create_arguments(f"bench:costs:piped:{index}")
+            ),
+            1,
+        ),
+        "MULTI create without a script (lane)": (
+            lambda index: multi_create(f"bench:costs:piped-multi:{index}"),
+            5,
+        ),
     }
     batch = 100
     indexes = iter(range(10**9))

@@ -524,11 +524,12 @@ async def _retry(connection: Any, packed: bytes, error: Exception) -> Any:
             raise first.pop()
         return await _exchange(connection, packed)
 
-    if _DISCONNECT_TAKES_ERROR:
-        return await connection.retry.call_with_retry(
-            attempt, lambda failure: connection.disconnect(error=failure)
-        )
-    return await connection.retry.call_with_retry(attempt, lambda _: connection.disconnect())
+    def fail(failure: Exception) -> Awaitable[None]:
+        if _DISCONNECT_TAKES_ERROR:
+            return connection.disconnect(error=failure)  # type: ignore[no-any-return]
+        return connection.disconnect()  # type: ignore[no-any-return]
+
+    return await connection.retry.call_with_retry(attempt, fail)
 
 
 def _takes_no_arguments(function: Callable[..., Any]) -> bool:
@@ -579,8 +580,9 @@ class _Lane:
         try:
             timeout = connection.socket_timeout
             if timeout:
-                if entry[0] is not asyncio.current_task():
-                    return await self._own_deadline(connection, packed, timeout)
+                task = asyncio.current_task()
+                if entry[0] is not task:
+                    return await self._own_deadline(connection, packed, watchdog, task, timeout)
                 end = watchdog.loop.time() + timeout
                 if end < entry[1]:
                     deadline = entry[1]
@@ -594,10 +596,14 @@ class _Lane:
                 entry[1], entry[4] = deadline, None
             await pool.release(connection)
 
-    async def _own_deadline(self, connection: Any, packed: bytes, seconds: float) -> Any:
-        watchdog = self.backend._watchdog
-        task = asyncio.current_task()
-        assert watchdog is not None
+    @staticmethod
+    async def _own_deadline(
+        connection: Any,
+        packed: bytes,
+        watchdog: _Watchdog,
+        task: asyncio.Task[Any] | None,
+        seconds: float,
+    ) -> Any:
         assert task is not None
         entry: list[Any] = [task, watchdog.loop.time() + seconds, task.cancelling(), False, seconds]
         watchdog.pending[id(entry)] = entry
