@@ -37,7 +37,7 @@ from jwt.algorithms import Algorithm, has_crypto
 
 from asgi_sessions._log import fingerprint, logger
 from asgi_sessions.backends.base import Delta, SessionRecord
-from asgi_sessions.errors import ConfigurationError, InvalidToken, SessionTooLarge
+from asgi_sessions.errors import ConfigurationError, InvalidToken, SessionGone, SessionTooLarge
 from asgi_sessions.policy import ExpiryPolicy, seconds
 from asgi_sessions.serializers import JSONSerializer, Serializer
 
@@ -68,6 +68,9 @@ _RAW_DATA: Final = "jwt.dat"  # key in SessionRecord.extra: the data's JSON as l
 # Key in SessionRecord.extra: the session family a token carries in its ``fam`` claim
 # (the hybrid backend's access tokens; plain JWT sessions have none).
 _FAMILY: Final = "jwt.fam"
+# Key in SessionRecord.extra, with revocation: the session's absolute deadline under
+# the middleware's policy, which no token of the session outlives (its deny entry's end).
+_DEADLINE: Final = "jwt.deadline"
 # What a failed signature check may raise besides returning False (pyjwt's algorithm
 # objects turn cryptography's InvalidSignature into False themselves).
 _VERIFY_ERRORS: Final = (
@@ -253,14 +256,18 @@ class JWTBackend:
 
     ``revocation`` (a Redis URL, ``redis.asyncio.Redis`` or ``RedisCluster``) makes
     logout final: ``delete`` (``invalidate()``, logout) puts the session ID on a deny
-    list until its token expires, ``rotate()`` does so after ``rotation_grace``
-    seconds (parallel requests with the old token still pass meanwhile), and
-    :meth:`revoke_user` sets a per-user "not before" time that ends every session of
-    the user last rotated before it (keep one with ``keep=``). Each request with a
-    token then costs one Redis command (``MGET`` of the two entries, which share a
-    Cluster slot), and a failing Redis fails the request as for
-    :class:`RedisBackend`. Entries expire with the tokens they deny; a user's "not
-    before" lives ``max_session_age`` seconds, which must cover your longest session.
+    list, ``rotate()`` does so after ``rotation_grace`` seconds (parallel requests
+    with the old token still pass meanwhile), and :meth:`revoke_user` sets a per-user
+    "not before" time that ends every session of the user last rotated before it
+    (keep one with ``keep=``). Each request with a token then costs one Redis command
+    (``MGET`` of the two entries, which share a Cluster slot), a write or refresh one
+    more (the same ``MGET``: a request still running when its session was logged out
+    or revoked issues no new token, and its response expires the cookie), and a
+    failing Redis fails the request as for :class:`RedisBackend`. A deny entry lives
+    until the session's absolute deadline (the middleware's ``absolute_timeout``
+    after creation; ``max_session_age`` when ``load`` was given no policy), which
+    no token carrying that session ID outlives; a user's "not before" lives
+    ``max_session_age`` seconds, which must cover your longest session.
     Pass the middleware's ``clock`` when it has one: revocation times are compared
     with the times the middleware gives.
     """
@@ -366,8 +373,8 @@ class JWTBackend:
         ip: str | None = None,
         user_agent: str | None = None,
     ) -> SessionRecord | None:
-        # policy/ip/user_agent: a refresh needs a new token, issued by touch() on
-        # the response, so there is nothing to fold into the load.
+        # ip/user_agent: a refresh needs a new token, issued by touch() on the
+        # response, so there is nothing to fold into the load.
         if type(token) is not str:
             raise InvalidToken("token is not a str")
         entry = self._cache.get(token)
@@ -390,10 +397,15 @@ class JWTBackend:
                 return None
             if now < entry.nb_limit:
                 raise InvalidToken("token is not valid yet (iat or nbf in the future)")
-        if self._revocation is not None and await self._revoked(entry, now):
+        if self._revocation is None:
+            return entry.record()
+        if await self._revoked(entry, now):
             logger.info("session token %s was revoked", fingerprint(token))
             return None
-        return entry.record()
+        record = entry.record()
+        if policy is not None:
+            record.extra[_DEADLINE] = policy.absolute_deadline(record)
+        return record
 
     async def save(
         self,
@@ -406,13 +418,10 @@ class JWTBackend:
         rotate: bool,
     ) -> str:
         # The token carries everything, so the full data is written and delta unused.
-        if rotate and token is not None and self._revocation is not None:
-            try:
-                old = self._cache.get(token) or self._verify(token)
-            except InvalidToken:
-                old = None
-            if old is not None:
-                await self._deny(old, at=now + self.rotation_grace)
+        if token is not None and self._revocation is not None:
+            old = await self._still_live(token, now)
+            if rotate and old is not None:
+                await self._deny(old, record, at=now + self.rotation_grace)
         if token is None or rotate or not record.session_id:
             record.session_id = secrets.token_urlsafe(16)
         raw = self.serializer.dumps(record.data).decode()
@@ -421,6 +430,8 @@ class JWTBackend:
     async def touch(self, token: str, record: SessionRecord, *, now: float, ttl: int) -> str | None:
         # The data goes back out exactly as it came in: like a server-side touch, a
         # nested value mutated in place without mark_modified() is not persisted.
+        if self._revocation is not None:
+            await self._still_live(token, now)
         raw = record.extra.get(_RAW_DATA)
         if type(raw) is not str:
             raw = self.serializer.dumps(record.data).decode()
@@ -437,7 +448,7 @@ class JWTBackend:
             entry = self._cache.get(token) or self._verify(token)
         except InvalidToken:
             return None
-        await self._deny(entry, at=None)
+        await self._deny(entry, record, at=None)
 
     async def revoke_user(self, user_id: str, *, keep: str | None = None) -> None:
         """End every session of ``user_id`` last rotated (logged in) before now,
@@ -467,15 +478,32 @@ class JWTBackend:
         digest = hashlib.sha256(entry.sid.encode()).hexdigest()[:32]
         return self._user_key(entry.user)[:-1] + "d:" + digest
 
-    async def _deny(self, entry: _Verified, *, at: float | None) -> None:
-        """Deny the token's session ID from ``at`` (now when None) until it expires."""
+    async def _deny(self, entry: _Verified, record: SessionRecord, *, at: float | None) -> None:
+        """Deny the token's session ID from ``at`` (now when None) for as long as any
+        token with that ID can live: a request that was still running issued one
+        with a later ``exp``, and its Set-Cookie may reach the browser last."""
         now = self.clock()
-        ttl = math.ceil(entry.exp_limit - now)
+        deadline = record.extra.get(_DEADLINE)
+        if type(deadline) is not float and type(deadline) is not int:
+            deadline = entry.created + self.max_session_age
+        ttl = math.ceil(max(entry.exp_limit, deadline + self.leeway) - now)
         if ttl <= 0:
             return
         revocation = self._revocation
         value = repr(now if at is None else at)
         await revocation._run(revocation.client.set(self._deny_key(entry), value, ex=ttl))
+
+    async def _still_live(self, token: str, now: float) -> _Verified | None:
+        """The verified entry of the token a commit re-issues (``None`` if it does
+        not verify); raises :class:`SessionGone` if the session was logged out or
+        revoked since the request loaded it, so nothing brings it back."""
+        try:
+            entry = self._cache.get(token) or self._verify(token)
+        except InvalidToken:
+            return None
+        if await self._revoked(entry, now):
+            raise SessionGone("the session was logged out or revoked during the request")
+        return entry
 
     async def _revoked(self, entry: _Verified, now: float) -> bool:
         revocation = self._revocation
