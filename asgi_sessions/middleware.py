@@ -151,6 +151,12 @@ class SessionMiddleware:
         # same hooks, unless the backend was given its own.
         if self._events and getattr(backend, "events", True) is not True and not backend.events:  # type: ignore[attr-defined]
             backend.events = self._events  # type: ignore[attr-defined]
+        # A backend that writes its store before it has the cookie value (hybrid)
+        # refuses a write whose value these cookies cannot hold, storing nothing.
+        if hasattr(backend, "max_value_size"):
+            limit = backend.max_value_size
+            fits = self.cookie.max_value_size
+            backend.max_value_size = fits if limit is None else min(limit, fits)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -502,6 +508,20 @@ class SessionMiddleware:
                 "session %s: refresh failed, expiry not extended: %s", fingerprint(token or ""), exc
             )
             return token
+        except SessionTooLarge as exc:
+            if action is not Action.TOUCH:
+                raise
+            # A re-issue the app did not ask for can no longer be issued (a hybrid
+            # access token over 64 KiB): the session ends, as when its cookie no
+            # longer fits below, and the request that changed nothing is answered.
+            assert token is not None
+            assert record is not None
+            logger.warning(
+                "session %s: its re-issued token is too large (%s); ended", fingerprint(token), exc
+            )
+            await self.backend.delete(token, record)
+            self._set_cookies(headers, self.cookie.render_delete(seen))
+            return None
         stored = session._record
         if value is None or stored is None:
             self._set_cookies(headers, self.cookie.render_delete(seen))

@@ -21,6 +21,7 @@ from asgi_sessions import (
     MemoryBackend,
     SerializationError,
     SessionMiddleware,
+    SessionTooLarge,
 )
 from asgi_sessions.backends.redis import RedisBackend
 from asgi_sessions.events import SessionEvent
@@ -450,3 +451,102 @@ async def test_the_refresh_token_id_cache_is_bounded(store: Any, clock: FakeCloc
     owner = next(c for c in clients if pair(c)[1] == token)
     await backend.revoke(session_id)
     assert (await owner.get("/read")).json() == {}
+
+
+def _writes_a_blob(size: int) -> Any:
+    """session_app, except that /big stores a value of ``size`` characters."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] != "/big":
+            await session_app(scope, receive, send)
+            return
+        scope["session"]["blob"] = "x" * size
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    return app
+
+
+@pytest.mark.parametrize(
+    "size",
+    [
+        20_000,  # an access token under 64 KiB that needs more than the 4 cookie chunks
+        70_000,  # an access token over 64 KiB
+    ],
+)
+async def test_a_write_too_big_for_the_cookie_stores_nothing(
+    store: Any, clock: FakeClock, size: int
+) -> None:
+    """Found in review: the store was written before the access token was built, so
+    the write raised to the app with its data already stored; the next refresh then
+    ended the session (a token over the cookie chunks) or crashed every refresh
+    request with SessionTooLarge (a token over 64 KiB)."""
+    backend = hybrid(store, clock)
+    client = Client(SessionMiddleware(_writes_a_blob(size), backend=backend, clock=clock))
+    await client.get("/bind?user=ann")
+    with pytest.raises(SessionTooLarge):
+        await client.get("/big")
+    _, refresh = pair(client)
+    record = await store.load(refresh, now=clock())
+    assert record is not None
+    assert record.data == {"user": "ann"}
+    clock.advance(ACCESS + 1)
+    response = await client.get("/read")  # a refresh
+    assert response.status == 200
+    assert response.json() == {"user": "ann"}
+    assert (await client.get("/read")).json() == {"user": "ann"}
+
+
+async def test_a_refresh_whose_access_token_would_be_over_64_kib_ends_the_session(
+    store: Any, clock: FakeClock
+) -> None:
+    """Found in review: the refresh's access token could not be issued (data over
+    64 KiB, written around this backend), and the SessionTooLarge of the re-issue
+    was a 500 on every refresh request, which only read. The request is answered;
+    the session ends."""
+    backend = hybrid(store, clock)
+    client = client_for(backend, clock)
+    await client.get("/set?k=v")
+    _, refresh = pair(client)
+    await _plant(store, refresh, "x" * 70_000, clock)
+    clock.advance(ACCESS + 1)
+    response = await client.get("/read")
+    assert response.status == 200
+    assert any(c.startswith("session=;") and "Max-Age=0" in c for c in response.set_cookies)
+    assert "session" not in client.jar
+    assert (await backend.list_sessions("ann")) == []
+    if isinstance(store, RedisBackend):
+        keys = [k async for k in store.client.scan_iter(match=f"{store.prefix}s:*")]
+        assert [k for k in keys if not await store.client.hexists(k, "a")] == []
+
+
+async def test_the_size_check_before_the_store_is_exact(store: Any, clock: FakeClock) -> None:
+    """The cookie value is measured before the store names the session: a write
+    whose value just fits goes out, one byte of data more is refused unstored."""
+    backend = hybrid(store, clock)
+    sizes: dict[int, int | None] = {}
+    client = Client(SessionMiddleware(_writes_a_blob(0), backend=backend, clock=clock))
+    await client.get("/bind?user=ann")
+    limit = backend.max_value_size
+    assert limit is not None
+    base = len(client.jar["session"])
+    start = (limit - base) * 3 // 4 - 16
+    for size in range(start, start + 32):
+        client = Client(SessionMiddleware(_writes_a_blob(size), backend=backend, clock=clock))
+        await client.get("/bind?user=ann")
+        try:
+            await client.get("/big")
+        except SessionTooLarge:
+            sizes[size] = None
+            _, refresh = pair(client)
+            record = await store.load(refresh, now=clock())
+            assert record is not None
+            assert record.data == {"user": "ann"}
+        else:
+            chunks = [v for k, v in client.jar.items() if k.startswith("session.")]
+            sizes[size] = sum(map(len, chunks))
+    fitting = [size for size, length in sizes.items() if length is not None]
+    assert fitting
+    assert fitting == list(range(start, max(fitting) + 1))
+    assert max(fitting) < start + 31
+    assert limit - 2 <= sizes[max(fitting)] <= limit  # type: ignore[operator]

@@ -1356,3 +1356,35 @@ def test_accepted_tokens_are_accepted_by_jwt_decode(
     ).decode_complete(token, SECRET, algorithms=["HS256"], audience=AUD, issuer=issuer)
     assert decoded["payload"]["sid"] == record.session_id
     assert decoded["payload"]["dat"] == record.data
+
+
+@pytest.mark.parametrize("algorithm", ["HS256", "HS512", "RS256", "PS256", "ES256", "EdDSA"])
+def test_the_predicted_token_length_is_the_issued_one(
+    rsa_key: rsa.RSAPrivateKey, algorithm: str
+) -> None:
+    """HybridBackend sizes an access token before its store write (so a write too big
+    for the cookie stores nothing); the prediction must be exact for every key."""
+    key: Any
+    if algorithm.startswith("HS"):
+        key = "k" * 64
+    elif algorithm in ("RS256", "PS256"):
+        key = rsa_key
+    elif algorithm == "ES256":
+        key = ec.generate_private_key(ec.SECP256R1())
+    else:
+        key = ed25519.Ed25519PrivateKey.generate()
+    backend = JWTBackend(keys=[JWTKey("a1", key, algorithm)], cache_size=0)
+    for data, user in (({}, None), ({"k": "v" * 1000, "n": [1, {"é": 2}]}, "ann")):
+        record = SessionRecord(
+            session_id="s" * 22,
+            data=data,
+            created_at=1_700_000_000.5,
+            last_seen=1_700_000_100.0,
+            rotated_at=1_700_000_000,
+            idle_timeout=600,
+            user_id=user,
+        )
+        raw = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        claims = backend._claims(record, now=1_700_000_100.0, ttl=600)
+        token = backend._issue(record, raw, now=1_700_000_100.0, ttl=600)
+        assert backend._token_length(claims, raw) == len(token)

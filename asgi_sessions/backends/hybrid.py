@@ -52,9 +52,16 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from asgi_sessions._bounded import make_room
 from asgi_sessions._log import logger
-from asgi_sessions.backends._tokens import checked_id
+from asgi_sessions.backends._tokens import TOKEN_LENGTH, checked_id
 from asgi_sessions.backends.base import Delta, SessionInfo, SessionRecord
-from asgi_sessions.backends.jwt import _FAMILY, JWTBackend, JWTKey, _Verified
+from asgi_sessions.backends.jwt import (
+    _FAMILY,
+    MAX_TOKEN_LENGTH,
+    JWTBackend,
+    JWTKey,
+    _too_large,
+    _Verified,
+)
 from asgi_sessions.backends.memory import MemoryBackend
 from asgi_sessions.errors import (
     BackendUnavailable,
@@ -62,6 +69,7 @@ from asgi_sessions.errors import (
     InvalidToken,
     SerializationError,
     SessionGone,
+    SessionTooLarge,
 )
 from asgi_sessions.events import Emitter, EventHook, EventName, SessionEvent, session_hash
 from asgi_sessions.policy import seconds
@@ -75,6 +83,9 @@ __all__ = ["HybridBackend", "Revalidate"]
 
 _REFRESH: Final = "hybrid.refresh"  # SessionRecord.extra: the store token in force
 _ROTATED: Final = "hybrid.rotated"  # set when this request's load rotated it already
+# The store's session IDs (the SHA-256 of a token in hex) all have this length: an
+# access token's size is known before the store names a new session.
+_ID_STAND_IN: Final = "0" * 64
 
 Revalidate = Callable[[str | None, Mapping[str, Any]], Awaitable[bool]]
 """``revalidate(user_id, data) -> bool``: called on every refresh (never on a request
@@ -257,7 +268,15 @@ class HybridBackend:
     request's copy of the data; a concurrent write by another request reaches the
     access tokens of other requests at their next refresh. Values must be storable
     both in the JSON access token and in the store, and are refused when set if not.
+    A write whose access token would be over 64 KiB, or whose cookie value over
+    ``max_value_size``, raises :class:`SessionTooLarge` before anything is stored.
+
+    ``max_value_size`` is the longest cookie value the middleware can send (what
+    its ``max_cookie_chunks`` cookies hold): :class:`SessionMiddleware` sets it;
+    ``None`` (outside a middleware) checks only the access token's 64 KiB.
     """
+
+    max_value_size: int | None
 
     def __init__(
         self,
@@ -321,6 +340,7 @@ class HybridBackend:
         self._ids: dict[str, str] = {}
         # revoke_all(): access tokens issued before this second stop here at once.
         self._revoked_before = -math.inf
+        self.max_value_size = None
 
     # -- the SessionBackend protocol ------------------------------------------------
 
@@ -379,6 +399,8 @@ class HybridBackend:
             raise SessionGone("no refresh token for this session")
         old_id = record.session_id
         family = record.extra.get(_FAMILY)
+        raw = self._tokens.serializer.dumps(record.data).decode()
+        self._check_fits(record, raw, now, ttl)  # first: nothing is stored if it does not
         new = await self.store.save(refresh, record, delta, now=now, ttl=ttl, rotate=rotate)
         if token is None or family is None:
             family = record.session_id
@@ -389,7 +411,7 @@ class HybridBackend:
         record.extra[_REFRESH] = new
         record.extra[_FAMILY] = family
         record.extra.pop(_ROTATED, None)
-        return self._issue(record, new, now, ttl)
+        return self._issue(record, new, now, ttl, raw)
 
     async def touch(self, token: str, record: SessionRecord, *, now: float, ttl: int) -> str | None:
         refresh = record.extra.get(_REFRESH)
@@ -448,10 +470,30 @@ class HybridBackend:
             tokens._remember(access, entry)
         return entry
 
-    def _issue(self, record: SessionRecord, refresh: str, now: float, ttl: int) -> str:
-        raw = self._tokens.serializer.dumps(record.data).decode()
+    def _issue(
+        self, record: SessionRecord, refresh: str, now: float, ttl: int, raw: str | None = None
+    ) -> str:
+        if raw is None:
+            raw = self._tokens.serializer.dumps(record.data).decode()
         access = self._tokens._issue(record, raw, now=now, ttl=min(ttl, self.access_ttl))
         return f"{access}.{refresh}"
+
+    def _check_fits(self, record: SessionRecord, raw: str, now: float, ttl: int) -> None:
+        """Raise :class:`SessionTooLarge` if the cookie value a save would return is
+        over a limit; the store has not named a new session yet, so its ID (and a
+        new family's) stands in at its fixed length."""
+        tokens = self._tokens
+        claims = tokens._claims(record, now=now, ttl=min(ttl, self.access_ttl))
+        claims["sid"] = claims["fam"] = _ID_STAND_IN
+        length = tokens._token_length(claims, raw)
+        if length > MAX_TOKEN_LENGTH:
+            raise SessionTooLarge(_too_large(length))
+        value = length + 1 + TOKEN_LENGTH
+        if self.max_value_size is not None and value > self.max_value_size:
+            raise SessionTooLarge(
+                f"the session does not fit in cookies: its cookie value would be {value} "
+                f"bytes, over the {self.max_value_size} that max_cookie_chunks allows"
+            )
 
     async def _refresh(
         self,

@@ -338,6 +338,7 @@ class JWTBackend:
         self.cache_size = cache_size
         self._keys = prepared
         self._signer = signer
+        self._signature_size: int | None = None  # the signer's, found on first need
         # Our own header segments, byte for byte: the usual token skips header parsing.
         self._headers = {key.header: key for key in prepared.values()}
         # OrderedDict: popitem(last=False) is O(1), where deleting a plain dict's
@@ -533,6 +534,50 @@ class JWTBackend:
         cache[token] = entry
 
     def _issue(self, record: SessionRecord, raw: str, *, now: float, ttl: int) -> str:
+        claims = self._claims(record, now=now, ttl=ttl)
+        payload = self._payload(claims, raw)
+        signer = self._signer
+        signing_input = signer.header + b"." + _b64encode(payload)
+        digest = _HMAC_HASH.get(signer.algorithm)
+        if digest is not None:
+            signature = hmac.digest(signer.signing, signing_input, digest)
+        else:
+            signature = signer.alg.sign(signing_input, signer.signing)
+        token = (signing_input + b"." + _b64encode(signature)).decode("ascii")
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise SessionTooLarge(_too_large(len(token)))
+        if self.cache_size:
+            # The next request with this token is then a cache hit. The cache gets its
+            # own objects: the app may still hold the session's nested values.
+            if _nested(record.data):
+                entry = _Verified(claims, None, raw, False, self.leeway)
+            else:
+                entry = _Verified(claims, dict(record.data), None, False, self.leeway)
+            self._remember(token, entry)
+        return token
+
+    def _token_length(self, claims: dict[str, Any], raw: str) -> int:
+        """The length of the token ``_issue`` would sign for ``claims`` and ``raw``,
+        without signing it: the signatures of a key all have one length."""
+        size = self._signature_size
+        if size is None:
+            signer = self._signer
+            digest = _HMAC_HASH.get(signer.algorithm)
+            if digest is not None:
+                size = hashlib.new(digest).digest_size
+            else:
+                size = len(signer.alg.sign(b"", signer.signing))
+            self._signature_size = size
+        payload = len(self._payload(claims, raw))
+        return len(self._signer.header) + 1 + _b64_length(payload) + 1 + _b64_length(size)
+
+    def _payload(self, claims: dict[str, Any], raw: str) -> bytes:
+        head = self._encoder.encode(claims)
+        # raw is the serializer's checked JSON object text: splice it in rather than
+        # encoding the data a second time.
+        return f'{head[:-1]},"dat":{raw}}}'.encode()
+
+    def _claims(self, record: SessionRecord, *, now: float, ttl: int) -> dict[str, Any]:
         claims: dict[str, Any] = {"aud": self.audience}
         if self.issuer is not None:
             claims["iss"] = self.issuer
@@ -553,32 +598,7 @@ class JWTBackend:
         family = record.extra.get(_FAMILY)
         if family is not None:
             claims["fam"] = family
-        head = self._encoder.encode(claims)
-        # raw is the serializer's checked JSON object text: splice it in rather than
-        # encoding the data a second time.
-        payload = f'{head[:-1]},"dat":{raw}}}'.encode()
-        signer = self._signer
-        signing_input = signer.header + b"." + _b64encode(payload)
-        digest = _HMAC_HASH.get(signer.algorithm)
-        if digest is not None:
-            signature = hmac.digest(signer.signing, signing_input, digest)
-        else:
-            signature = signer.alg.sign(signing_input, signer.signing)
-        token = (signing_input + b"." + _b64encode(signature)).decode("ascii")
-        if len(token) > MAX_TOKEN_LENGTH:
-            raise SessionTooLarge(
-                f"the session token would be {len(token)} bytes, over the limit of "
-                f"{MAX_TOKEN_LENGTH}; store less in the session or use a server-side backend"
-            )
-        if self.cache_size:
-            # The next request with this token is then a cache hit. The cache gets its
-            # own objects: the app may still hold the session's nested values.
-            if _nested(record.data):
-                entry = _Verified(claims, None, raw, False, self.leeway)
-            else:
-                entry = _Verified(claims, dict(record.data), None, False, self.leeway)
-            self._remember(token, entry)
-        return token
+        return claims
 
     def _verify(self, token: str) -> _Verified:
         """Check the token fully (shape, header, signature, claims); never raises
@@ -686,6 +706,18 @@ class JWTBackend:
         ):
             return "fam"
         return None
+
+
+def _too_large(length: int) -> str:
+    return (
+        f"the session token would be {length} bytes, over the limit of {MAX_TOKEN_LENGTH}; "
+        "store less in the session or use a server-side backend"
+    )
+
+
+def _b64_length(size: int) -> int:
+    """The length of ``size`` bytes in unpadded base64url."""
+    return (4 * size + 2) // 3
 
 
 def _b64encode(raw: bytes) -> bytes:
