@@ -520,6 +520,29 @@ async def test_a_refresh_whose_access_token_would_be_over_64_kib_ends_the_sessio
         assert [k for k in keys if not await store.client.hexists(k, "a")] == []
 
 
+async def test_logout_on_the_old_pair_in_the_grace_stops_the_new_access_token_here(
+    store: Any, clock: FakeClock
+) -> None:
+    """Found in review: a logout on the pre-refresh pair during the grace ends the new
+    session in the store too, but only the old ID was remembered as revoked, so the
+    new pair's access token kept working in this very process for up to access_ttl."""
+    backend = hybrid(store, clock)
+    app = client_for(backend, clock).app
+    browser = Client(app)
+    await browser.get("/bind?user=ann")
+    old = f"session={browser.jar['session']}".encode()
+    clock.advance(ACCESS + 1)
+    await browser.get("/read")  # a refresh: the new pair
+    new = f"session={browser.jar['session']}".encode()
+    assert (await Client(app).get("/read", cookie=new)).json() == {"user": "ann"}
+    logout = await Client(app).get("/invalidate", cookie=old)  # in flight with the old pair
+    assert any("Max-Age=0" in c for c in logout.set_cookies)
+    assert await backend.list_sessions("ann") == []
+    assert (await Client(app).get("/read", cookie=new)).json() == {}
+    clock.advance(ACCESS // 2)
+    assert (await Client(app).get("/read", cookie=new)).json() == {}
+
+
 async def test_the_size_check_before_the_store_is_exact(store: Any, clock: FakeClock) -> None:
     """The cookie value is measured before the store names the session: a write
     whose value just fits goes out, one byte of data more is refused unstored."""

@@ -427,6 +427,11 @@ class HybridBackend:
             _, _, refresh = token.rpartition(".")
         await self.store.delete(refresh, record)
         self._mark_revoked(record.session_id)
+        alias_of = record.extra.get("alias_of")
+        if isinstance(alias_of, str):
+            # A grace alias: the store ended the session it points to as well, whose
+            # access tokens (the browser's new pair) must stop here too.
+            self._mark_revoked(alias_of)
 
     async def aclose(self) -> None:
         await self._tokens.aclose()
