@@ -543,6 +543,33 @@ async def test_logout_on_the_old_pair_in_the_grace_stops_the_new_access_token_he
     assert (await Client(app).get("/read", cookie=new)).json() == {}
 
 
+async def test_many_revocations_never_let_a_revoked_access_token_back_in(
+    store: Any, clock: FakeClock
+) -> None:
+    """Found in review: this process's memory of what it revoked held 10,000 entries
+    and dropped the oldest ones still in force when full, so 10,000 throwaway logouts
+    within access_ttl made a revoked session's stolen access token work again here.
+    Memory stays bounded; access tokens older than a dropped revocation go to the
+    store, which knows the session is gone."""
+    backend = hybrid(store, clock)
+    app = client_for(backend, clock).app
+    victim = Client(app)
+    bystander = Client(app)
+    await victim.get("/bind?user=ann")
+    await bystander.get("/bind?user=bob")
+    stolen = f"session={victim.jar['session']}".encode()
+    await victim.get("/invalidate")
+    assert (await Client(app).get("/read", cookie=stolen)).json() == {}
+    clock.advance(1)
+    for i in range(10_001):
+        await backend.revoke(f"{i:064x}")  # unknown IDs: remembered all the same
+    assert len(backend._revoked) <= 10_000
+    assert (await Client(app).get("/read", cookie=stolen)).json() == {}
+    # A live session issued before is not logged out: it refreshes from the store.
+    assert (await bystander.get("/read")).json() == {"user": "bob"}
+    assert (await bystander.get("/read")).json() == {"user": "bob"}
+
+
 async def test_the_size_check_before_the_store_is_exact(store: Any, clock: FakeClock) -> None:
     """The cookie value is measured before the store names the session: a write
     whose value just fits goes out, one byte of data more is refused unstored."""

@@ -28,8 +28,10 @@ a veto) ends it in the store at once, so its next refresh fails. An access token
 already issued stays valid until it expires, in other processes, unless
 ``check_revocation=True``: then each request with a valid access token also checks
 that its session is still live (one command), and revocation is immediate
-everywhere. This process always remembers what it revoked, for ``access_ttl``
-seconds, and refuses those access tokens at once.
+everywhere. This process remembers what it revoked, for ``access_ttl`` seconds,
+and refuses those access tokens at once; it keeps at most 10,000 revocations, and
+when it must forget one still in force, every access token issued before it is
+checked against the store instead (a refresh), which knows the session is gone.
 
 Store commands (Redis): a request with a valid access token, none
 (``check_revocation``: one ``HMGET``). A write: one (the store's delta write). A
@@ -43,6 +45,7 @@ together).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -86,6 +89,8 @@ _ROTATED: Final = "hybrid.rotated"  # set when this request's load rotated it al
 # The store's session IDs (the SHA-256 of a token in hex) all have this length: an
 # access token's size is known before the store names a new session.
 _ID_STAND_IN: Final = "0" * 64
+# The most revocations this process remembers (see _mark_revoked).
+_REVOKED_LIMIT: Final = 10_000
 
 Revalidate = Callable[[str | None, Mapping[str, Any]], Awaitable[bool]]
 """``revalidate(user_id, data) -> bool``: called on every refresh (never on a request
@@ -638,11 +643,19 @@ class HybridBackend:
     def _mark_revoked(self, session_id: str) -> None:
         now = self.clock()
         revoked = self._revoked
-        if len(revoked) >= 10_000:
+        lasts = self.access_ttl + self._tokens.leeway
+        revoked.pop(session_id, None)  # re-inserted last: the dict stays oldest first
+        if len(revoked) >= _REVOKED_LIMIT:
             for stale in [k for k, until in revoked.items() if until <= now]:
                 del revoked[stale]
-            make_room(revoked, 10_000)
-        revoked[session_id] = now + self.access_ttl + self._tokens.leeway
+            if len(revoked) >= _REVOKED_LIMIT:
+                # Forgetting revocations still in force: every access token issued
+                # by the newest of them (iat is whole seconds) now goes to the store,
+                # which knows those sessions are gone, instead of being answered here.
+                oldest = list(itertools.islice(revoked, _REVOKED_LIMIT // 8))
+                newest = max(revoked.pop(key) for key in oldest) - lasts
+                self._revoked_before = max(self._revoked_before, math.floor(newest) + 1)
+        revoked[session_id] = now + lasts
 
     def _is_revoked(self, session_id: str, now: float) -> bool:
         revoked = self._revoked
