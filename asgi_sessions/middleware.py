@@ -11,7 +11,7 @@ from typing import Any
 
 from asgi_sessions._asgi import respond
 from asgi_sessions._log import fingerprint, logger
-from asgi_sessions.backends.base import Delta, SessionBackend, SessionRecord
+from asgi_sessions.backends.base import Delta, SessionBackend, SessionRecord, is_grace_alias
 from asgi_sessions.cookies import CookieRead, CookieSettings, SameSite
 from asgi_sessions.errors import (
     BackendError,
@@ -532,11 +532,7 @@ class SessionMiddleware:
     async def _rotated_away(self, token: str, now: float) -> bool:
         """Whether ``token``, whose session a commit just found gone, is now the grace
         alias of a rotation (rather than ended by a logout or revoke)."""
-        try:
-            record = await self.backend.load(token, now=now)
-        except InvalidToken:
-            return False
-        return record is not None and record.read_only
+        return await is_grace_alias(self.backend, token, now=now)
 
     async def _emit_commit(
         self,

@@ -450,3 +450,113 @@ async def test_the_refresh_token_id_cache_is_bounded(store: Any, clock: FakeCloc
     owner = next(c for c in clients if pair(c)[1] == token)
     await backend.revoke(session_id)
     assert (await owner.get("/read")).json() == {}
+
+
+# -- a rotation keeps the browser's requests in flight -----------------------------------
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def quick_store(
+    request: pytest.FixtureRequest, clock: FakeClock
+) -> AsyncIterator[RedisBackend | MemoryBackend]:
+    """A store with a one-second rotation grace, so the cases that wait it out on
+    Redis (whose clock is real) stay short."""
+    if request.param == "memory":
+        yield MemoryBackend(clock=clock, rotation_grace=1)
+        return
+    url = request.getfixturevalue("redis_url")
+    backend = RedisBackend(url, prefix=f"h{uuid.uuid4().hex[:12]}:", rotation_grace=1)
+    yield backend
+    await backend.aclose()
+
+
+async def past_grace(store: Any, clock: FakeClock) -> None:
+    if isinstance(store, RedisBackend):
+        await asyncio.sleep(1.2)  # Redis expires the grace alias on its own clock
+    clock.advance(2)
+
+
+@pytest.mark.parametrize("target", ["/set?cart=4", "/read"])
+async def test_a_request_with_the_pair_from_before_a_rotation_is_read_only(
+    quick_store: Any, clock: FakeClock, target: str
+) -> None:
+    """A request of the browser sent with the pre-login pair (its access token still
+    valid) after the login rotated the session: it reads the grace alias, writes
+    nothing and leaves the cookie alone, as on the plain stores. The access token
+    alone served the pre-rotation session as live: a write (or the refresh throttle's
+    touch) found the session gone and the response expired the browser's new cookie."""
+    backend = hybrid(quick_store, clock)
+    client = client_for(backend, clock, refresh_after=60)
+    await client.get("/set?cart=3")
+    old = f"session={client.jar['session']}".encode()
+    if target == "/read":
+        clock.advance(61)  # the refresh throttle is due on the in-flight request
+    await client.get("/login?user=ann")
+    new = client.jar["session"]
+    late = await Client(client.app).get(target, cookie=old)
+    assert late.status == 200
+    assert late.set_cookies == []
+    assert (await client.get("/read")).json() == {"cart": "3", "user": "ann"}
+    assert client.jar["session"] == new
+    # After the grace the old pair is a spent refresh token: refused (and, as any
+    # spent token presented after the grace, treated as a reuse).
+    await past_grace(quick_store, clock)
+    assert (await Client(client.app).get("/read", cookie=old)).json() == {}
+
+
+@pytest.mark.parametrize("target", ["/set?cart=4", "/read"])
+async def test_a_request_in_flight_during_a_rotation_keeps_the_browser_logged_in(
+    quick_store: Any, clock: FakeClock, target: str
+) -> None:
+    """A request loads the session with the old pair, the login rotates it meanwhile,
+    then the slow request commits (a write, or the refresh throttle's touch): the
+    store refuses it, and the response must leave the browser's cookie alone. The
+    middleware asked ``load()`` whether the token was a grace alias, and the valid
+    access token answered "live session", so it took the session for ended."""
+    loaded, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        loaded.set()
+        await release.wait()
+        await session_app(scope, receive, send)
+
+    backend = hybrid(quick_store, clock)
+    client = client_for(backend, clock, refresh_after=60)
+    await client.get("/set?cart=3")
+    old = f"session={client.jar['session']}".encode()
+    if target == "/read":
+        clock.advance(61)
+    slow_app = SessionMiddleware(slow, backend=backend, clock=clock, refresh_after=60)
+    in_flight = asyncio.ensure_future(Client(slow_app).get(target, cookie=old))
+    async with asyncio.timeout(10):
+        await loaded.wait()
+        await client.get("/login?user=ann")
+        release.set()
+        late = await in_flight
+    assert late.status == 200
+    assert late.set_cookies == []
+    assert (await client.get("/read")).json() == {"cart": "3", "user": "ann"}
+
+
+@pytest.mark.parametrize("check_revocation", [False, True])
+async def test_a_rotation_in_another_process_keeps_the_browser_logged_in(
+    quick_store: Any, clock: FakeClock, check_revocation: bool
+) -> None:
+    """The login ran in one process; the browser's parallel requests with the old
+    pair reach another, which cannot know of the rotation from the access token:
+    they read the pre-rotation data, a write is refused by the store, and no
+    response touches the cookie. With ``check_revocation`` the old ID was found not
+    live and the request ran anonymous: its write created a new session whose
+    cookie replaced the login's."""
+    here = client_for(hybrid(quick_store, clock), clock)
+    elsewhere = client_for(hybrid(quick_store, clock, check_revocation=check_revocation), clock)
+    await here.get("/set?cart=3")
+    old = f"session={here.jar['session']}".encode()
+    await here.get("/login?user=ann")
+    read = await elsewhere.get("/read", cookie=old)
+    assert read.json() == {"cart": "3"}
+    assert read.set_cookies == []
+    late = await elsewhere.get("/set?cart=4", cookie=old)
+    assert late.status == 200
+    assert late.set_cookies == []
+    assert (await here.get("/read")).json() == {"cart": "3", "user": "ann"}

@@ -17,6 +17,13 @@ new access token and the new refresh token. Parallel requests of the browser tha
 carried the same expired pair all succeed: exactly one rotates, the others read the
 alias and send no cookie, so the browser keeps the winner's.
 
+After ``rotate()`` (a login) the old pair's access token is still valid. In the
+process that rotated, and everywhere with ``check_revocation``, it is answered by the
+store: the read-only grace alias, then nothing (a spent refresh token). In other
+processes it serves its copy of the pre-rotation data until it expires; a write
+with it is refused by the store, and the response leaves the browser's new cookie
+alone.
+
 Reuse detection: every rotation leaves a *spent* marker for the old token's ID,
 naming the session's family (the ID the session was created with), and points the
 family at its current ID. A spent refresh token presented after the grace (a copy
@@ -316,6 +323,9 @@ class HybridBackend:
         # What this process revoked (session ID -> until when its access tokens may
         # still be presented), so they stop here at once.
         self._revoked: dict[str, float] = {}
+        # Sessions this process rotated (old ID -> until when its access tokens may
+        # still be presented): those are answered by the store, not the token.
+        self._rotated: dict[str, float] = {}
         # refresh token -> its session ID (a format check and a SHA-256 saved), bounded
         # like the verified-token cache.
         self._ids: dict[str, str] = {}
@@ -353,11 +363,18 @@ class HybridBackend:
         expires = entry.exp_limit - self._tokens.leeway
         # After revoke_all() an access token issued before it is not enough: the
         # store decides (iat is whole seconds, so one of that same second asks too).
-        if now < expires - self.refresh_margin and entry.issued >= self._revoked_before:
+        if (
+            now < expires - self.refresh_margin
+            and entry.issued >= self._revoked_before
+            and not (self._rotated and self._was_rotated(session_id, now))
+        ):
             if self._is_revoked(session_id, now):
                 return None
             if self.check_revocation and not await self.store.exists(session_id):
-                return None
+                # Ended, or rotated (by another process): the store tells which, and
+                # serves a rotation's read-only grace alias to the browser's
+                # requests still in flight with this pair.
+                return await self._refresh(refresh, session_id, family, now, policy, ip, user_agent)
             record = entry.record()
             record.extra[_REFRESH] = refresh
             record.extra[_FAMILY] = family
@@ -386,6 +403,7 @@ class HybridBackend:
             await self._ledger.spend(
                 old_id, record.session_id, family, self._family_ttl(record, now)
             )
+            self._mark_rotated(old_id, now)
         record.extra[_REFRESH] = new
         record.extra[_FAMILY] = family
         record.extra.pop(_ROTATED, None)
@@ -413,6 +431,23 @@ class HybridBackend:
     async def exists(self, session_id: str) -> bool:
         """Whether the session is live in the store (WebSockets check this)."""
         return await self.store.exists(session_id)
+
+    async def is_grace_alias(self, token: str, *, now: float) -> bool:
+        """Whether the pair's refresh token is now the store's read-only grace alias
+        of a rotated session (see :class:`~asgi_sessions.backends.base.GraceAliases`).
+        The store decides: the access token stays valid after a rotation done in
+        another process, or after the request that holds it was loaded. False for a
+        malformed pair; one store command."""
+        if type(token) is not str:
+            return False
+        _, dot, refresh = token.rpartition(".")
+        if not dot:
+            return False
+        try:
+            record = await self.store.load(refresh, now=now)
+        except InvalidToken:
+            return False
+        return record is not None and record.read_only
 
     # -- per-user operations (the store's, and this process stops the access tokens) ---
 
@@ -558,6 +593,25 @@ class HybridBackend:
         record.absolute_expiry = absolute
         record.sliding = policy.sliding(record)
         return policy.ttl(record, now)
+
+    def _mark_rotated(self, session_id: str, now: float) -> None:
+        """Send the access tokens of a session this process rotated to the store (its
+        read-only grace alias, then nothing) for as long as they can be presented."""
+        rotated = self._rotated
+        if len(rotated) >= 10_000:
+            for stale in [k for k, until in rotated.items() if until <= now]:
+                del rotated[stale]
+            make_room(rotated, 10_000)
+        rotated[session_id] = now + self.access_ttl + self._tokens.leeway
+
+    def _was_rotated(self, session_id: str, now: float) -> bool:
+        until = self._rotated.get(session_id)
+        if until is None:
+            return False
+        if now < until:
+            return True
+        del self._rotated[session_id]
+        return False
 
     def _family_ttl(self, record: SessionRecord, now: float) -> int:
         # A spent token can be replayed for as long as the family could live.
