@@ -634,6 +634,9 @@ class SessionMiddleware:
             return
         if session._rotate:
             logger.warning("rotate() during a WebSocket is ignored: the new cookie cannot be sent")
+        # Nor a re-issue the backend asked for at load (a hybrid refresh would rotate
+        # the token that the browser keeps using).
+        session._record.reissue = False
         try:
             value, _ = await self._apply(action, session, token, self.clock(), scope, rotate=False)
         except SessionGone:

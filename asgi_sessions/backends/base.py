@@ -64,7 +64,9 @@ class SessionRecord:
     # session: the request may read it but nothing it does is written.
     read_only: bool = False
     # Set by a backend that wants a fresh cookie value on this response even if no
-    # refresh is due (a JWT signed by a retired key).
+    # refresh is due (a JWT signed by a retired key, a hybrid refresh). The
+    # middleware clears it before a commit that can send no cookie (when a WebSocket
+    # ends): a backend must then not rotate the token the browser keeps using.
     reissue: bool = False
     # Set by a backend that extended the expiry while loading (the refresh folded
     # into the load's round trip): the middleware re-sends the cookie so its

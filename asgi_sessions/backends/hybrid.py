@@ -10,12 +10,15 @@ The cookie holds two tokens, ``<access JWT>.<refresh token>``:
 
 A request whose access token is valid is answered from the token alone: no store
 round trip. Once it has expired (or is within ``refresh_margin`` seconds of it), the
-same request loads the session from the store with the refresh token and rotates
-it: the store writes the session under a new token, and the old one becomes the
-store's read-only grace alias for ``rotation_grace`` seconds. The response carries a
-new access token and the new refresh token. Parallel requests of the browser that
-carried the same expired pair all succeed: exactly one rotates, the others read the
-alias and send no cookie, so the browser keeps the winner's.
+same request loads the session from the store with the refresh token, and its
+commit rotates it: the store writes the session under a new token, and the old one
+becomes the store's read-only grace alias for ``rotation_grace`` seconds. The
+response carries a new access token and the new refresh token. A response that
+commits nothing (a 5xx, an exception from the app, a WebSocket refused before it was
+accepted) can carry no cookie, so it rotates nothing: the browser's pair still works.
+Parallel requests of the browser that carried the same expired pair all succeed:
+exactly one rotates, the others find the alias when they commit and send no cookie,
+so the browser keeps the winner's.
 
 After ``rotate()`` (a login) the old pair's access token is still valid. In the
 process that rotated, and everywhere with ``check_revocation``, it is answered by the
@@ -40,11 +43,11 @@ seconds, and refuses those access tokens at once.
 
 Store commands (Redis): a request with a valid access token, none
 (``check_revocation``: one ``HMGET``). A write: one (the store's delta write). A
-refresh: 5 in 4 round trips: the store's load (1), the rotation (2, one after the
-other: the new session, then the old one's alias) and the spent and family markers
-(2, sent together); a session bound to a user also updates the user's index (one
-script, before the old one's alias, then one ``HMGET`` per entry of the index, sent
-together).
+refresh: 5 in 4 round trips: the store's load (1) when the request starts; at its
+commit, the rotation (2, one after the other: the new session, then the old one's
+alias) and the spent and family markers (2, sent together); a session bound to a
+user also updates the user's index (one script, before the old one's alias, then one
+``HMGET`` per entry of the index, sent together).
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ from asgi_sessions.backends.base import Delta, SessionInfo, SessionRecord
 from asgi_sessions.backends.jwt import _FAMILY, JWTBackend, JWTKey, _Verified
 from asgi_sessions.backends.memory import MemoryBackend
 from asgi_sessions.errors import (
+    BackendError,
     BackendUnavailable,
     ConfigurationError,
     InvalidToken,
@@ -81,7 +85,7 @@ if TYPE_CHECKING:
 __all__ = ["HybridBackend", "Revalidate"]
 
 _REFRESH: Final = "hybrid.refresh"  # SessionRecord.extra: the store token in force
-_ROTATED: Final = "hybrid.rotated"  # set when this request's load rotated it already
+_DUE: Final = "hybrid.due"  # set by a load that found the refresh due: the commit rotates
 
 Revalidate = Callable[[str | None, Mapping[str, Any]], Awaitable[bool]]
 """``revalidate(user_id, data) -> bool``: called on every refresh (never on a request
@@ -396,25 +400,36 @@ class HybridBackend:
             raise SessionGone("no refresh token for this session")
         old_id = record.session_id
         family = record.extra.get(_FAMILY)
-        new = await self.store.save(refresh, record, delta, now=now, ttl=ttl, rotate=rotate)
+        # The refresh this request's load found due rotates the refresh token with
+        # this write, unless the middleware can send no cookie (reissue cleared).
+        refreshing = record.extra.pop(_DUE, False) and record.reissue
+        if refreshing:
+            record.rotated_at = now
+        new = await self.store.save(
+            refresh, record, delta, now=now, ttl=ttl, rotate=rotate or refreshing
+        )
         if token is None or family is None:
             family = record.session_id
-        elif rotate:
-            await self._ledger.spend(
-                old_id, record.session_id, family, self._family_ttl(record, now)
-            )
-            self._mark_rotated(old_id, now)
+        elif rotate or refreshing:
+            await self._spend(old_id, record, family, now)
+            if rotate:
+                self._mark_rotated(old_id, now)
         record.extra[_REFRESH] = new
         record.extra[_FAMILY] = family
-        record.extra.pop(_ROTATED, None)
+        if refreshing:
+            await self._event(
+                "refreshed", record, record.ip, record.user_agent, "refresh token rotated"
+            )
         return self._issue(record, new, now, ttl)
 
     async def touch(self, token: str, record: SessionRecord, *, now: float, ttl: int) -> str | None:
         refresh = record.extra.get(_REFRESH)
         if refresh is None:
             raise SessionGone("no refresh token for this session")
-        if not record.extra.pop(_ROTATED, False):
-            await self.store.touch(refresh, record, now=now, ttl=ttl)
+        if record.extra.get(_DUE):
+            # The refresh found due at load: the response can carry the new pair now.
+            return await self.save(token, record, Delta({}), now=now, ttl=ttl, rotate=False)
+        await self.store.touch(refresh, record, now=now, ttl=ttl)
         return self._issue(record, refresh, now, ttl)
 
     async def delete(self, token: str, record: SessionRecord) -> None:
@@ -530,24 +545,14 @@ class HybridBackend:
             self._mark_revoked(session_id)
             await self._event("revoked", record, ip, user_agent, "revalidate() vetoed the refresh")
             return None
-        ttl = self._prepare(record, policy, now, ip, user_agent)
-        try:
-            new = await store.save(refresh, record, Delta({}), now=now, ttl=ttl, rotate=True)
-        except SessionGone:
-            # Lost the race to a parallel request that rotated first: its alias.
-            again = await store.load(refresh, now=now)
-            if again is None or not again.read_only:
-                return None
-            again.extra[_REFRESH] = refresh
-            return again
-        await self._ledger.spend(
-            session_id, record.session_id, family, self._family_ttl(record, now)
-        )
-        record.extra[_REFRESH] = new
+        record.extra[_REFRESH] = refresh
         record.extra[_FAMILY] = family
-        record.extra[_ROTATED] = True
-        record.reissue = True  # the middleware sends the new pair on this response
-        await self._event("refreshed", record, ip, user_agent, "refresh token rotated")
+        # The rotation is the commit's (touch or save), with the new pair's cookie: a
+        # response that commits nothing (a 5xx, an exception, a socket refused
+        # before accept) sends no cookie, and the browser keeps using this pair.
+        # Rotated here, that pair would be spent: a reuse once the grace ended.
+        record.extra[_DUE] = True
+        record.reissue = True
         return record
 
     @property
@@ -571,28 +576,21 @@ class HybridBackend:
             # without a session; the session itself is left alone.
             raise BackendUnavailable(f"revalidate() raised {type(exc).__name__}") from exc
 
-    def _prepare(
-        self,
-        record: SessionRecord,
-        policy: ExpiryPolicy | None,
-        now: float,
-        ip: str | None,
-        user_agent: str | None,
-    ) -> int:
-        """Set the metadata a save needs (as the middleware does); the store TTL."""
-        record.last_seen = now
-        record.rotated_at = now
-        record.ip, record.user_agent = ip, user_agent
-        if policy is None:
-            record.absolute_expiry = record.fixed_expiry
-            record.sliding = None
-            return max(1, math.ceil((record.fixed_expiry or now + self.access_ttl) - now))
-        absolute = policy.absolute_deadline(record)
-        if record.fixed_expiry is not None:
-            absolute = min(absolute, record.fixed_expiry)
-        record.absolute_expiry = absolute
-        record.sliding = policy.sliding(record)
-        return policy.ttl(record, now)
+    async def _spend(self, old_id: str, record: SessionRecord, family: str, now: float) -> None:
+        """Leave the spent marker of a rotation the store has done."""
+        try:
+            await self._ledger.spend(
+                old_id, record.session_id, family, self._family_ttl(record, now)
+            )
+        except BackendError as exc:
+            # The store rotated already: failing the commit would lose the new pair
+            # and log the browser out. What is lost is the reuse detection of this
+            # one spent token (a replay of it is merely unknown).
+            logger.warning(
+                "session %s: rotated, but its spent marker was not stored (%s)",
+                old_id[:12],
+                exc,
+            )
 
     def _mark_rotated(self, session_id: str, now: float) -> None:
         """Send the access tokens of a session this process rotated to the store (its
