@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from asgi_sessions.backends.base import (
     Delta,
+    GraceAliases,
     SessionBackend,
     SessionInfo,
     SessionRecord,
@@ -48,6 +49,7 @@ __all__ = [
     "CookieSettings",
     "Delta",
     "ExpiryPolicy",
+    "GraceAliases",
     "HybridBackend",
     "InvalidToken",
     "JSONSerializer",

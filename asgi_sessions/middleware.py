@@ -11,7 +11,7 @@ from typing import Any
 
 from asgi_sessions._asgi import respond
 from asgi_sessions._log import fingerprint, logger
-from asgi_sessions.backends.base import Delta, SessionBackend, SessionRecord
+from asgi_sessions.backends.base import Delta, SessionBackend, SessionRecord, is_grace_alias
 from asgi_sessions.cookies import CookieRead, CookieSettings, SameSite
 from asgi_sessions.errors import (
     BackendError,
@@ -552,11 +552,7 @@ class SessionMiddleware:
     async def _rotated_away(self, token: str, now: float) -> bool:
         """Whether ``token``, whose session a commit just found gone, is now the grace
         alias of a rotation (rather than ended by a logout or revoke)."""
-        try:
-            record = await self.backend.load(token, now=now)
-        except InvalidToken:
-            return False
-        return record is not None and record.read_only
+        return await is_grace_alias(self.backend, token, now=now)
 
     async def _emit_commit(
         self,
@@ -658,6 +654,9 @@ class SessionMiddleware:
             return
         if session._rotate:
             logger.warning("rotate() during a WebSocket is ignored: the new cookie cannot be sent")
+        # Nor a re-issue the backend asked for at load (a hybrid refresh would rotate
+        # the token that the browser keeps using).
+        session._record.reissue = False
         try:
             value, _ = await self._apply(action, session, token, self.clock(), scope, rotate=False)
         except SessionGone:

@@ -3,7 +3,10 @@
 Later backends (Redis, Redis Cluster, hybrid) join by adding a parameter to the
 ``backend`` fixture. ``stateful`` backends keep server-side state, so deleting or
 rotating a session makes its old token stop working; a stateless one (the JWT
-backend without a deny list) cannot revoke a token before it expires.
+backend without a deny list) cannot revoke a token before it expires. A
+``snapshot`` backend answers a load from the token's own copy of the data (the
+hybrid backend's access token), which another request's write reaches only at the
+token's next refresh.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ import pytest
 
 from asgi_sessions import (
     Delta,
+    HybridBackend,
     InvalidToken,
     SessionBackend,
     SessionGone,
     SessionRecord,
 )
+from asgi_sessions.backends.base import is_grace_alias
 from tests.backends import backend_factory
 
 pytestmark = pytest.mark.anyio
@@ -36,6 +41,7 @@ class Subject:
     stateful: bool
     # Redis expires keys on its own clock: those cases wait in real time.
     real_time: bool = False
+    snapshot: bool = False
 
     async def later(self, seconds: float) -> float:
         """The ``now`` to pass once ``seconds`` have gone by for this backend."""
@@ -44,7 +50,7 @@ class Subject:
         return NOW + seconds
 
 
-@pytest.fixture(params=["memory", "jwt", "redis", "cluster"])
+@pytest.fixture(params=["memory", "jwt", "redis", "cluster", "hybrid-memory", "hybrid-redis"])
 async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
     if request.param == "jwt":
         from asgi_sessions import JWTBackend
@@ -54,7 +60,13 @@ async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
         await backend.aclose()
         return
     async with backend_factory(request.param, request) as make:
-        yield Subject(make(rotation_grace=1), stateful=True, real_time=request.param != "memory")
+        backend = make(rotation_grace=1)
+        yield Subject(
+            backend,
+            stateful=True,
+            real_time=not request.param.endswith("memory"),
+            snapshot=isinstance(backend, HybridBackend),
+        )
 
 
 def new_record(**fields: Any) -> SessionRecord:
@@ -148,8 +160,8 @@ async def test_update_keeps_unchanged_keys(subject: Subject) -> None:
 
 
 async def test_concurrent_updates_of_different_keys_both_land(subject: Subject) -> None:
-    if not subject.stateful:
-        pytest.skip("a client-side token carries one writer's copy of the data")
+    if not subject.stateful or subject.snapshot:
+        pytest.skip("the token carries one writer's copy of the data")
     backend = subject.backend
     token, _ = await create(backend, {"seed": 1})
     one = await backend.load(token, now=NOW)
@@ -261,3 +273,29 @@ async def test_a_save_never_re_creates_a_deleted_session(subject: Subject) -> No
     with pytest.raises(SessionGone):
         await backend.touch(token, loaded, now=NOW, ttl=600)
     assert await backend.load(token, now=NOW) is None
+
+
+async def test_is_grace_alias_tells_a_rotated_token_from_a_live_or_ended_one(
+    subject: Subject,
+) -> None:
+    """What the middleware asks when a commit finds the session gone: rotated by a
+    parallel request (the browser keeps its new cookie) or ended (the cookie goes)."""
+    backend = subject.backend
+    old, _ = await create(backend, {"k": 1})
+    assert not await is_grace_alias(backend, old, now=NOW)  # live
+    for malformed in ("", "x", "a.b", "A" * 5000):
+        assert not await is_grace_alias(backend, malformed, now=NOW)
+    loaded = await backend.load(old, now=NOW)
+    assert loaded is not None
+    new = await backend.save(old, loaded, Delta({}), now=NOW, ttl=600, rotate=True)
+    assert not await is_grace_alias(backend, new, now=NOW + 0.5)
+    if not subject.stateful:
+        assert not await is_grace_alias(backend, old, now=NOW + 0.5)
+        return
+    assert await is_grace_alias(backend, old, now=NOW + 0.5)
+    assert not await is_grace_alias(backend, old, now=await subject.later(1.2))
+    ended, _ = await create(backend, {"k": 2})
+    record = await backend.load(ended, now=NOW)
+    assert record is not None
+    await backend.delete(ended, record)
+    assert not await is_grace_alias(backend, ended, now=NOW)

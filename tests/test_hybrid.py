@@ -370,6 +370,9 @@ async def test_redis_commands_per_request(private_redis: Any, clock: FakeClock) 
         write = await count("/set?k=w")
         assert write[0] == 1  # the delta write (one script); the access token re-issued
         clock.advance(ACCESS + 1)
+        # A refresh whose response fails commits nothing: the load alone, and the
+        # pair stays as it was (its rotation is the commit's).
+        assert (await count("/fail500"))[0] == 1
         (index,) = [k async for k in raw.scan_iter(match=store.prefix + "u:*")]
         members = await raw.zcard(index)
         refresh = await count("/read")
@@ -600,3 +603,226 @@ async def test_the_size_check_before_the_store_is_exact(store: Any, clock: FakeC
     assert fitting == list(range(start, max(fitting) + 1))
     assert max(fitting) < start + 31
     assert limit - 2 <= sizes[max(fitting)] <= limit  # type: ignore[operator]
+
+
+# -- a refresh is committed with the response; a rotation keeps in-flight requests ------
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def quick_store(
+    request: pytest.FixtureRequest, clock: FakeClock
+) -> AsyncIterator[RedisBackend | MemoryBackend]:
+    """A store with a one-second rotation grace, so the cases that wait it out on
+    Redis (whose clock is real) stay short."""
+    if request.param == "memory":
+        yield MemoryBackend(clock=clock, rotation_grace=1)
+        return
+    url = request.getfixturevalue("redis_url")
+    backend = RedisBackend(url, prefix=f"h{uuid.uuid4().hex[:12]}:", rotation_grace=1)
+    yield backend
+    await backend.aclose()
+
+
+async def past_grace(store: Any, clock: FakeClock) -> None:
+    if isinstance(store, RedisBackend):
+        await asyncio.sleep(1.2)  # Redis expires the grace alias on its own clock
+    clock.advance(2)
+
+
+def security_events(events: list[SessionEvent]) -> list[str]:
+    return [e.name for e in events if e.name in ("revoked", "suspicious")]
+
+
+@pytest.mark.parametrize("path", ["/fail500", "/raise"])
+async def test_a_failed_refreshing_request_leaves_the_pair_valid(
+    quick_store: Any, clock: FakeClock, path: str
+) -> None:
+    """The request whose access token expired answers 500, or its app raises: no
+    Set-Cookie can carry a new pair, so the refresh token is not rotated either.
+    Rotating it at load lost the new pair, and the browser's next request after the
+    grace presented the spent token: the family was revoked as a reuse (a logout and
+    a false alert from one transient 500)."""
+    events: list[SessionEvent] = []
+    backend = hybrid(quick_store, clock, on_event=events.append)
+    client = client_for(backend, clock)
+    await client.get("/bind?user=ann")
+    first = client.jar["session"]
+    clock.advance(ACCESS + 1)
+    if path == "/raise":
+        with pytest.raises(RuntimeError):
+            await client.get(path)
+    else:
+        response = await client.get(path)
+        assert response.status == 500
+        assert response.set_cookies == []
+    await past_grace(quick_store, clock)
+    response = await client.get("/read")  # the same browser, still with the first pair
+    assert response.json() == {"user": "ann"}
+    assert security_events(events) == []
+    assert client.jar["session"] != first  # this request's refresh rotated the pair
+    (info,) = await backend.list_sessions("ann")
+    assert info.session_id == _session_id_of("session=" + client.jar["session"])
+    # Reuse detection still catches a replay of the spent pair after the grace.
+    await past_grace(quick_store, clock)
+    replay = await Client(client.app).get("/read", cookie=f"session={first}".encode())
+    assert replay.json() == {}
+    assert security_events(events) == ["revoked", "suspicious"]
+    assert await backend.list_sessions("ann") == []
+
+
+async def test_a_socket_refused_before_accept_leaves_the_pair_valid(
+    quick_store: Any, clock: FakeClock
+) -> None:
+    """A WebSocket whose access token expired, closed by the app before it accepted
+    (no response, so no cookie): the pair is not rotated, even when the app changed
+    the session before closing."""
+    events: list[SessionEvent] = []
+    backend = hybrid(quick_store, clock, on_event=events.append)
+    client = client_for(backend, clock)
+    await client.get("/bind?user=ann")
+    cookie = client.jar["session"]
+    clock.advance(ACCESS + 1)
+
+    async def refuse(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()  # websocket.connect
+        scope["session"]["seen"] = "ws"
+        await send({"type": "websocket.close", "code": 4403})
+
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "websocket",
+        "path": "/ws",
+        "headers": [(b"cookie", f"session={cookie}".encode())],
+        "scheme": "wss",
+        "client": ("127.0.0.1", 1),
+    }
+    await SessionMiddleware(refuse, backend=backend, clock=clock)(scope, receive, send)
+    assert [m["type"] for m in sent] == ["websocket.close"]
+    await past_grace(quick_store, clock)
+    assert (await client.get("/read")).json() == {"user": "ann", "seen": "ws"}
+    assert security_events(events) == []
+
+
+@pytest.mark.parametrize("target", ["/set?cart=4", "/read"])
+async def test_a_request_with_the_pair_from_before_a_rotation_is_read_only(
+    quick_store: Any, clock: FakeClock, target: str
+) -> None:
+    """A request of the browser sent with the pre-login pair (its access token still
+    valid) after the login rotated the session: it reads the grace alias, writes
+    nothing and leaves the cookie alone, as on the plain stores. The access token
+    alone served the pre-rotation session as live: a write (or the refresh throttle's
+    touch) found the session gone and the response expired the browser's new cookie."""
+    backend = hybrid(quick_store, clock)
+    client = client_for(backend, clock, refresh_after=60)
+    await client.get("/set?cart=3")
+    old = f"session={client.jar['session']}".encode()
+    if target == "/read":
+        clock.advance(61)  # the refresh throttle is due on the in-flight request
+    await client.get("/login?user=ann")
+    new = client.jar["session"]
+    late = await Client(client.app).get(target, cookie=old)
+    assert late.status == 200
+    assert late.set_cookies == []
+    assert (await client.get("/read")).json() == {"cart": "3", "user": "ann"}
+    assert client.jar["session"] == new
+    # After the grace the old pair is a spent refresh token: refused (and, as any
+    # spent token presented after the grace, treated as a reuse).
+    await past_grace(quick_store, clock)
+    assert (await Client(client.app).get("/read", cookie=old)).json() == {}
+
+
+@pytest.mark.parametrize("target", ["/set?cart=4", "/read"])
+async def test_a_request_in_flight_during_a_rotation_keeps_the_browser_logged_in(
+    quick_store: Any, clock: FakeClock, target: str
+) -> None:
+    """A request loads the session with the old pair, the login rotates it meanwhile,
+    then the slow request commits (a write, or the refresh throttle's touch): the
+    store refuses it, and the response must leave the browser's cookie alone. The
+    middleware asked ``load()`` whether the token was a grace alias, and the valid
+    access token answered "live session", so it took the session for ended."""
+    loaded, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        loaded.set()
+        await release.wait()
+        await session_app(scope, receive, send)
+
+    backend = hybrid(quick_store, clock)
+    client = client_for(backend, clock, refresh_after=60)
+    await client.get("/set?cart=3")
+    old = f"session={client.jar['session']}".encode()
+    if target == "/read":
+        clock.advance(61)
+    slow_app = SessionMiddleware(slow, backend=backend, clock=clock, refresh_after=60)
+    in_flight = asyncio.ensure_future(Client(slow_app).get(target, cookie=old))
+    async with asyncio.timeout(10):
+        await loaded.wait()
+        await client.get("/login?user=ann")
+        release.set()
+        late = await in_flight
+    assert late.status == 200
+    assert late.set_cookies == []
+    assert (await client.get("/read")).json() == {"cart": "3", "user": "ann"}
+
+
+@pytest.mark.parametrize("check_revocation", [False, True])
+async def test_a_rotation_in_another_process_keeps_the_browser_logged_in(
+    quick_store: Any, clock: FakeClock, check_revocation: bool
+) -> None:
+    """The login ran in one process; the browser's parallel requests with the old
+    pair reach another, which cannot know of the rotation from the access token:
+    they read the pre-rotation data, a write is refused by the store, and no
+    response touches the cookie. With ``check_revocation`` the old ID was found not
+    live and the request ran anonymous: its write created a new session whose
+    cookie replaced the login's."""
+    here = client_for(hybrid(quick_store, clock), clock)
+    elsewhere = client_for(hybrid(quick_store, clock, check_revocation=check_revocation), clock)
+    await here.get("/set?cart=3")
+    old = f"session={here.jar['session']}".encode()
+    await here.get("/login?user=ann")
+    read = await elsewhere.get("/read", cookie=old)
+    assert read.json() == {"cart": "3"}
+    assert read.set_cookies == []
+    late = await elsewhere.get("/set?cart=4", cookie=old)
+    assert late.status == 200
+    assert late.set_cookies == []
+    assert (await here.get("/read")).json() == {"cart": "3", "user": "ann"}
+
+
+async def test_a_rotation_whose_spent_marker_fails_still_sends_the_new_pair(
+    quick_store: Any, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store rotated the session, then writing the spent marker failed: the
+    response still carries the new pair (the old one is a grace alias now, so
+    failing the commit would log the browser out); only that token's reuse
+    detection is lost, and a warning says so."""
+    from asgi_sessions import BackendUnavailable
+    from asgi_sessions.backends.hybrid import _Ledger
+
+    backend = hybrid(quick_store, clock)
+    working = backend._ledger
+
+    class Failing(_Ledger):
+        async def spend(self, old_id: str, new_id: str, family: str, ttl: int) -> None:
+            raise BackendUnavailable("ledger down")
+
+    client = client_for(backend, clock)
+    await client.get("/bind?user=ann")
+    first = client.jar["session"]
+    clock.advance(ACCESS + 1)
+    backend._ledger = Failing()
+    response = await client.get("/read")
+    backend._ledger = working
+    assert response.status == 200
+    assert client.jar["session"] != first
+    assert "spent marker was not stored" in caplog.text
+    await past_grace(quick_store, clock)
+    assert (await client.get("/read")).json() == {"user": "ann"}
+    assert len(await backend.list_sessions("ann")) == 1

@@ -13,12 +13,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from asgi_sessions.errors import InvalidToken
 from asgi_sessions.serializers import Serializer
 
 if TYPE_CHECKING:
     from asgi_sessions.policy import ExpiryPolicy
 
-__all__ = ["Delta", "SessionBackend", "SessionInfo", "SessionRecord", "UserSessions"]
+__all__ = [
+    "Delta",
+    "GraceAliases",
+    "SessionBackend",
+    "SessionInfo",
+    "SessionRecord",
+    "UserSessions",
+    "is_grace_alias",
+]
 
 
 @dataclass(slots=True)
@@ -55,7 +64,9 @@ class SessionRecord:
     # session: the request may read it but nothing it does is written.
     read_only: bool = False
     # Set by a backend that wants a fresh cookie value on this response even if no
-    # refresh is due (a JWT signed by a retired key).
+    # refresh is due (a JWT signed by a retired key, a hybrid refresh). The
+    # middleware clears it before a commit that can send no cookie (when a WebSocket
+    # ends): a backend must then not rotate the token the browser keeps using.
     reissue: bool = False
     # Set by a backend that extended the expiry while loading (the refresh folded
     # into the load's round trip): the middleware re-sends the cookie so its
@@ -142,6 +153,33 @@ class SessionBackend(Protocol):
     async def aclose(self) -> None:
         """Release connections the backend owns."""
         ...
+
+
+@runtime_checkable
+class GraceAliases(Protocol):
+    """Optional, for a backend whose ``load`` may serve a rotated session's old token
+    as live (the hybrid backend's access token outlives a rotation): it answers
+    :func:`is_grace_alias` itself."""
+
+    async def is_grace_alias(self, token: str, *, now: float) -> bool:
+        """Whether ``token`` is now the read-only grace alias of a rotated session.
+        Never raises for a malformed token (False); may raise :class:`BackendError`."""
+        ...
+
+
+async def is_grace_alias(backend: SessionBackend, token: str, *, now: float) -> bool:
+    """Whether ``token``, whose session a save or touch just found gone
+    (:class:`SessionGone`), is the grace alias of a rotation (a parallel request of
+    the browser rotated it: the browser has or gets the new cookie) rather than an
+    ended session. The backend's own answer (:class:`GraceAliases`), else whether
+    ``load`` marks it ``read_only``; False for a token the backend refuses."""
+    if isinstance(backend, GraceAliases):
+        return await backend.is_grace_alias(token, now=now)
+    try:
+        record = await backend.load(token, now=now)
+    except InvalidToken:
+        return False
+    return record is not None and record.read_only
 
 
 @dataclass(frozen=True, slots=True)

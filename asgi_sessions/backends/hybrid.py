@@ -10,12 +10,22 @@ The cookie holds two tokens, ``<access JWT>.<refresh token>``:
 
 A request whose access token is valid is answered from the token alone: no store
 round trip. Once it has expired (or is within ``refresh_margin`` seconds of it), the
-same request loads the session from the store with the refresh token and rotates
-it: the store writes the session under a new token, and the old one becomes the
-store's read-only grace alias for ``rotation_grace`` seconds. The response carries a
-new access token and the new refresh token. Parallel requests of the browser that
-carried the same expired pair all succeed: exactly one rotates, the others read the
-alias and send no cookie, so the browser keeps the winner's.
+same request loads the session from the store with the refresh token, and its
+commit rotates it: the store writes the session under a new token, and the old one
+becomes the store's read-only grace alias for ``rotation_grace`` seconds. The
+response carries a new access token and the new refresh token. A response that
+commits nothing (a 5xx, an exception from the app, a WebSocket refused before it was
+accepted) can carry no cookie, so it rotates nothing: the browser's pair still works.
+Parallel requests of the browser that carried the same expired pair all succeed:
+exactly one rotates, the others find the alias when they commit and send no cookie,
+so the browser keeps the winner's.
+
+After ``rotate()`` (a login) the old pair's access token is still valid. In the
+process that rotated, and everywhere with ``check_revocation``, it is answered by the
+store: the read-only grace alias, then nothing (a spent refresh token). In other
+processes it serves its copy of the pre-rotation data until it expires; a write
+with it is refused by the store, and the response leaves the browser's new cookie
+alone.
 
 Reuse detection: every rotation leaves a *spent* marker for the old token's ID,
 naming the session's family (the ID the session was created with), and points the
@@ -35,11 +45,11 @@ checked against the store instead (a refresh), which knows the session is gone.
 
 Store commands (Redis): a request with a valid access token, none
 (``check_revocation``: one ``HMGET``). A write: one (the store's delta write). A
-refresh: 5 in 4 round trips: the store's load (1), the rotation (2, one after the
-other: the new session, then the old one's alias) and the spent and family markers
-(2, sent together); a session bound to a user also updates the user's index (one
-script, before the old one's alias, then one ``HMGET`` per entry of the index, sent
-together).
+refresh: 5 in 4 round trips: the store's load (1) when the request starts; at its
+commit, the rotation (2, one after the other: the new session, then the old one's
+alias) and the spent and family markers (2, sent together); a session bound to a
+user also updates the user's index (one script, before the old one's alias, then one
+``HMGET`` per entry of the index, sent together).
 """
 
 from __future__ import annotations
@@ -67,6 +77,7 @@ from asgi_sessions.backends.jwt import (
 )
 from asgi_sessions.backends.memory import MemoryBackend
 from asgi_sessions.errors import (
+    BackendError,
     BackendUnavailable,
     ConfigurationError,
     InvalidToken,
@@ -85,7 +96,7 @@ if TYPE_CHECKING:
 __all__ = ["HybridBackend", "Revalidate"]
 
 _REFRESH: Final = "hybrid.refresh"  # SessionRecord.extra: the store token in force
-_ROTATED: Final = "hybrid.rotated"  # set when this request's load rotated it already
+_DUE: Final = "hybrid.due"  # set by a load that found the refresh due: the commit rotates
 # The store's session IDs (the SHA-256 of a token in hex) all have this length: an
 # access token's size is known before the store names a new session.
 _ID_STAND_IN: Final = "0" * 64
@@ -340,6 +351,9 @@ class HybridBackend:
         # What this process revoked (session ID -> until when its access tokens may
         # still be presented), so they stop here at once.
         self._revoked: dict[str, float] = {}
+        # Sessions this process rotated (old ID -> until when its access tokens may
+        # still be presented): those are answered by the store, not the token.
+        self._rotated: dict[str, float] = {}
         # refresh token -> its session ID (a format check and a SHA-256 saved), bounded
         # like the verified-token cache.
         self._ids: dict[str, str] = {}
@@ -378,11 +392,18 @@ class HybridBackend:
         expires = entry.exp_limit - self._tokens.leeway
         # After revoke_all() an access token issued before it is not enough: the
         # store decides (iat is whole seconds, so one of that same second asks too).
-        if now < expires - self.refresh_margin and entry.issued >= self._revoked_before:
+        if (
+            now < expires - self.refresh_margin
+            and entry.issued >= self._revoked_before
+            and not (self._rotated and self._was_rotated(session_id, now))
+        ):
             if self._is_revoked(session_id, now):
                 return None
             if self.check_revocation and not await self.store.exists(session_id):
-                return None
+                # Ended, or rotated (by another process): the store tells which, and
+                # serves a rotation's read-only grace alias to the browser's
+                # requests still in flight with this pair.
+                return await self._refresh(refresh, session_id, family, now, policy, ip, user_agent)
             record = entry.record()
             record.extra[_REFRESH] = refresh
             record.extra[_FAMILY] = family
@@ -404,26 +425,38 @@ class HybridBackend:
             raise SessionGone("no refresh token for this session")
         old_id = record.session_id
         family = record.extra.get(_FAMILY)
+        # The refresh this request's load found due rotates the refresh token with
+        # this write, unless the middleware can send no cookie (reissue cleared).
+        refreshing = record.extra.pop(_DUE, False) and record.reissue
+        if refreshing:
+            record.rotated_at = now
         raw = self._tokens.serializer.dumps(record.data).decode()
         self._check_fits(record, raw, now, ttl)  # first: nothing is stored if it does not
-        new = await self.store.save(refresh, record, delta, now=now, ttl=ttl, rotate=rotate)
+        new = await self.store.save(
+            refresh, record, delta, now=now, ttl=ttl, rotate=rotate or refreshing
+        )
         if token is None or family is None:
             family = record.session_id
-        elif rotate:
-            await self._ledger.spend(
-                old_id, record.session_id, family, self._family_ttl(record, now)
-            )
+        elif rotate or refreshing:
+            await self._spend(old_id, record, family, now)
+            if rotate:
+                self._mark_rotated(old_id, now)
         record.extra[_REFRESH] = new
         record.extra[_FAMILY] = family
-        record.extra.pop(_ROTATED, None)
+        if refreshing:
+            await self._event(
+                "refreshed", record, record.ip, record.user_agent, "refresh token rotated"
+            )
         return self._issue(record, new, now, ttl, raw)
 
     async def touch(self, token: str, record: SessionRecord, *, now: float, ttl: int) -> str | None:
         refresh = record.extra.get(_REFRESH)
         if refresh is None:
             raise SessionGone("no refresh token for this session")
-        if not record.extra.pop(_ROTATED, False):
-            await self.store.touch(refresh, record, now=now, ttl=ttl)
+        if record.extra.get(_DUE):
+            # The refresh found due at load: the response can carry the new pair now.
+            return await self.save(token, record, Delta({}), now=now, ttl=ttl, rotate=False)
+        await self.store.touch(refresh, record, now=now, ttl=ttl)
         return self._issue(record, refresh, now, ttl)
 
     async def delete(self, token: str, record: SessionRecord) -> None:
@@ -445,6 +478,23 @@ class HybridBackend:
     async def exists(self, session_id: str) -> bool:
         """Whether the session is live in the store (WebSockets check this)."""
         return await self.store.exists(session_id)
+
+    async def is_grace_alias(self, token: str, *, now: float) -> bool:
+        """Whether the pair's refresh token is now the store's read-only grace alias
+        of a rotated session (see :class:`~asgi_sessions.backends.base.GraceAliases`).
+        The store decides: the access token stays valid after a rotation done in
+        another process, or after the request that holds it was loaded. False for a
+        malformed pair; one store command."""
+        if type(token) is not str:
+            return False
+        _, dot, refresh = token.rpartition(".")
+        if not dot:
+            return False
+        try:
+            record = await self.store.load(refresh, now=now)
+        except InvalidToken:
+            return False
+        return record is not None and record.read_only
 
     # -- per-user operations (the store's, and this process stops the access tokens) ---
 
@@ -547,24 +597,14 @@ class HybridBackend:
             self._mark_revoked(session_id)
             await self._event("revoked", record, ip, user_agent, "revalidate() vetoed the refresh")
             return None
-        ttl = self._prepare(record, policy, now, ip, user_agent)
-        try:
-            new = await store.save(refresh, record, Delta({}), now=now, ttl=ttl, rotate=True)
-        except SessionGone:
-            # Lost the race to a parallel request that rotated first: its alias.
-            again = await store.load(refresh, now=now)
-            if again is None or not again.read_only:
-                return None
-            again.extra[_REFRESH] = refresh
-            return again
-        await self._ledger.spend(
-            session_id, record.session_id, family, self._family_ttl(record, now)
-        )
-        record.extra[_REFRESH] = new
+        record.extra[_REFRESH] = refresh
         record.extra[_FAMILY] = family
-        record.extra[_ROTATED] = True
-        record.reissue = True  # the middleware sends the new pair on this response
-        await self._event("refreshed", record, ip, user_agent, "refresh token rotated")
+        # The rotation is the commit's (touch or save), with the new pair's cookie: a
+        # response that commits nothing (a 5xx, an exception, a socket refused
+        # before accept) sends no cookie, and the browser keeps using this pair.
+        # Rotated here, that pair would be spent: a reuse once the grace ended.
+        record.extra[_DUE] = True
+        record.reissue = True
         return record
 
     @property
@@ -588,28 +628,40 @@ class HybridBackend:
             # without a session; the session itself is left alone.
             raise BackendUnavailable(f"revalidate() raised {type(exc).__name__}") from exc
 
-    def _prepare(
-        self,
-        record: SessionRecord,
-        policy: ExpiryPolicy | None,
-        now: float,
-        ip: str | None,
-        user_agent: str | None,
-    ) -> int:
-        """Set the metadata a save needs (as the middleware does); the store TTL."""
-        record.last_seen = now
-        record.rotated_at = now
-        record.ip, record.user_agent = ip, user_agent
-        if policy is None:
-            record.absolute_expiry = record.fixed_expiry
-            record.sliding = None
-            return max(1, math.ceil((record.fixed_expiry or now + self.access_ttl) - now))
-        absolute = policy.absolute_deadline(record)
-        if record.fixed_expiry is not None:
-            absolute = min(absolute, record.fixed_expiry)
-        record.absolute_expiry = absolute
-        record.sliding = policy.sliding(record)
-        return policy.ttl(record, now)
+    async def _spend(self, old_id: str, record: SessionRecord, family: str, now: float) -> None:
+        """Leave the spent marker of a rotation the store has done."""
+        try:
+            await self._ledger.spend(
+                old_id, record.session_id, family, self._family_ttl(record, now)
+            )
+        except BackendError as exc:
+            # The store rotated already: failing the commit would lose the new pair
+            # and log the browser out. What is lost is the reuse detection of this
+            # one spent token (a replay of it is merely unknown).
+            logger.warning(
+                "session %s: rotated, but its spent marker was not stored (%s)",
+                old_id[:12],
+                exc,
+            )
+
+    def _mark_rotated(self, session_id: str, now: float) -> None:
+        """Send the access tokens of a session this process rotated to the store (its
+        read-only grace alias, then nothing) for as long as they can be presented."""
+        rotated = self._rotated
+        if len(rotated) >= 10_000:
+            for stale in [k for k, until in rotated.items() if until <= now]:
+                del rotated[stale]
+            make_room(rotated, 10_000)
+        rotated[session_id] = now + self.access_ttl + self._tokens.leeway
+
+    def _was_rotated(self, session_id: str, now: float) -> bool:
+        until = self._rotated.get(session_id)
+        if until is None:
+            return False
+        if now < until:
+            return True
+        del self._rotated[session_id]
+        return False
 
     def _family_ttl(self, record: SessionRecord, now: float) -> int:
         # A spent token can be replayed for as long as the family could live.
