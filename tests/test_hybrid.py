@@ -738,6 +738,28 @@ async def test_a_request_with_the_pair_from_before_a_rotation_is_read_only(
     assert (await Client(client.app).get("/read", cookie=old)).json() == {}
 
 
+async def test_many_rotations_never_let_a_pre_rotation_pair_be_answered_here(
+    quick_store: Any, clock: FakeClock
+) -> None:
+    """The rotated IDs this process remembers are bounded as its revocations are: one
+    still in force that must go raises the watermark, so the pre-login pair is still
+    answered by the store (its grace alias, then nothing), never by its access token
+    alone, which would serve the pre-login session for up to access_ttl."""
+    backend = hybrid(quick_store, clock)
+    client = client_for(backend, clock)
+    await client.get("/set?cart=3")
+    old = f"session={client.jar['session']}".encode()
+    await client.get("/login?user=ann")
+    for i in range(10_001):
+        backend._mark_rotated(f"{i:064x}", clock())
+    assert len(backend._rotated) <= 10_000
+    late = await Client(client.app).get("/read", cookie=old)
+    assert late.json() == {"cart": "3"}  # the grace alias, read-only
+    assert late.set_cookies == []
+    await past_grace(quick_store, clock)
+    assert (await Client(client.app).get("/read", cookie=old)).json() == {}
+
+
 @pytest.mark.parametrize("target", ["/set?cart=4", "/read"])
 async def test_a_request_in_flight_during_a_rotation_keeps_the_browser_logged_in(
     quick_store: Any, clock: FakeClock, target: str

@@ -100,8 +100,8 @@ _DUE: Final = "hybrid.due"  # set by a load that found the refresh due: the comm
 # The store's session IDs (the SHA-256 of a token in hex) all have this length: an
 # access token's size is known before the store names a new session.
 _ID_STAND_IN: Final = "0" * 64
-# The most revocations this process remembers (see _mark_revoked).
-_REVOKED_LIMIT: Final = 10_000
+# The most revoked, and rotated, session IDs this process remembers (see _note).
+_NOTED_LIMIT: Final = 10_000
 
 Revalidate = Callable[[str | None, Mapping[str, Any]], Awaitable[bool]]
 """``revalidate(user_id, data) -> bool``: called on every refresh (never on a request
@@ -259,6 +259,18 @@ class _RedisLedger(_Ledger):
 
     async def forget(self, family: str) -> None:
         await self._store._run(self._store.client.delete(f"{self._prefix}f:{family}"))
+
+
+def _in_force(table: dict[str, float], session_id: str, now: float) -> bool:
+    """Whether ``table`` (see HybridBackend._note) holds ``session_id`` in force; an
+    entry past its time is dropped."""
+    until = table.get(session_id)
+    if until is None:
+        return False
+    if now < until:
+        return True
+    del table[session_id]
+    return False
 
 
 class HybridBackend:
@@ -647,21 +659,10 @@ class HybridBackend:
     def _mark_rotated(self, session_id: str, now: float) -> None:
         """Send the access tokens of a session this process rotated to the store (its
         read-only grace alias, then nothing) for as long as they can be presented."""
-        rotated = self._rotated
-        if len(rotated) >= 10_000:
-            for stale in [k for k, until in rotated.items() if until <= now]:
-                del rotated[stale]
-            make_room(rotated, 10_000)
-        rotated[session_id] = now + self.access_ttl + self._tokens.leeway
+        self._note(self._rotated, session_id, now)
 
     def _was_rotated(self, session_id: str, now: float) -> bool:
-        until = self._rotated.get(session_id)
-        if until is None:
-            return False
-        if now < until:
-            return True
-        del self._rotated[session_id]
-        return False
+        return _in_force(self._rotated, session_id, now)
 
     def _family_ttl(self, record: SessionRecord, now: float) -> int:
         # A spent token can be replayed for as long as the family could live.
@@ -693,33 +694,29 @@ class HybridBackend:
             )
 
     def _mark_revoked(self, session_id: str) -> None:
-        now = self.clock()
-        revoked = self._revoked
-        lasts = self.access_ttl + self._tokens.leeway
-        revoked.pop(session_id, None)  # re-inserted last: the dict stays oldest first
-        if len(revoked) >= _REVOKED_LIMIT:
-            for stale in [k for k, until in revoked.items() if until <= now]:
-                del revoked[stale]
-            if len(revoked) >= _REVOKED_LIMIT:
-                # Forgetting revocations still in force: every access token issued
-                # by the newest of them (iat is whole seconds) now goes to the store,
-                # which knows those sessions are gone, instead of being answered here.
-                oldest = list(itertools.islice(revoked, _REVOKED_LIMIT // 8))
-                newest = max(revoked.pop(key) for key in oldest) - lasts
-                self._revoked_before = max(self._revoked_before, math.floor(newest) + 1)
-        revoked[session_id] = now + lasts
+        self._note(self._revoked, session_id, self.clock())
 
     def _is_revoked(self, session_id: str, now: float) -> bool:
         revoked = self._revoked
-        if not revoked:
-            return False
-        until = revoked.get(session_id)
-        if until is None:
-            return False
-        if now < until:
-            return True
-        del revoked[session_id]
-        return False
+        return bool(revoked) and _in_force(revoked, session_id, now)
+
+    def _note(self, table: dict[str, float], session_id: str, now: float) -> None:
+        """Keep ``session_id``'s access tokens from being answered here (``table``:
+        the revoked or the rotated IDs, oldest first) until they can no longer be
+        presented. At the bound, entries past their time go first; entries still in
+        force that must go are not forgotten: every access token issued by the newest
+        of them (iat is whole seconds) then goes to the store, which knows those
+        sessions are gone or rotated."""
+        lasts = self.access_ttl + self._tokens.leeway
+        table.pop(session_id, None)  # re-inserted last: the dict stays oldest first
+        if len(table) >= _NOTED_LIMIT:
+            for stale in [k for k, until in table.items() if until <= now]:
+                del table[stale]
+            if len(table) >= _NOTED_LIMIT:
+                oldest = list(itertools.islice(table, _NOTED_LIMIT // 8))
+                newest = max(table.pop(key) for key in oldest) - lasts
+                self._revoked_before = max(self._revoked_before, math.floor(newest) + 1)
+        table[session_id] = now + lasts
 
     async def _event(
         self,
