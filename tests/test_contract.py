@@ -163,6 +163,27 @@ async def test_concurrent_updates_of_different_keys_both_land(subject: Subject) 
     assert final.data == {"seed": 1, "a": 1, "b": 2}
 
 
+async def test_the_last_save_writes_the_metadata_it_was_given(subject: Subject) -> None:
+    """Metadata (times, expiry overrides, user) is written as the saving request has it,
+    even when another request changed it after this one loaded: last writer wins, and
+    the stored expiry is the one that metadata gives."""
+    if not subject.stateful:
+        pytest.skip("a client-side token carries one writer's copy of the data")
+    backend = subject.backend
+    token, _ = await create(backend, {"seed": 1})
+    short = await backend.load(token, now=NOW)
+    bystander = await backend.load(token, now=NOW)
+    assert short is not None
+    assert bystander is not None
+    short.idle_timeout = 10
+    await backend.save(token, short, Delta({}), now=NOW, ttl=10, rotate=False)
+    await update(backend, token, bystander, {"cart": 1})
+    final = await backend.load(token, now=NOW)
+    assert final is not None
+    assert final.idle_timeout is None
+    assert final.data == {"seed": 1, "cart": 1}
+
+
 async def test_removed_keys_are_removed(subject: Subject) -> None:
     backend = subject.backend
     token, _ = await create(backend, {"a": 1, "b": 2})

@@ -205,6 +205,47 @@ async def test_grace_alias_reads_but_never_forks_then_dies(raw: Redis, redis_url
         await backend.aclose()
 
 
+async def test_a_save_racing_a_set_expiry_stores_an_expiry_its_metadata_states(
+    raw: Redis, backend: RedisBackend, clock: FakeClock
+) -> None:
+    """Request A shortens the session's idle timeout to 10 s while B, which loaded
+    before it, saves a plain change after it. Before, B kept A's metadata (idle 10 s)
+    but wrote its own TTL and refresh schedule (idle 600 s): at +30 s the session was
+    expired, at +61 s the load's refresh brought it back. Now B writes the metadata
+    it computed them from (the last writer's metadata wins, as with the memory
+    backend) and the stored record agrees with itself."""
+    settings: dict[str, Any] = {"idle_timeout": 600, "refresh_after": 60, "clock": clock}
+    loaded, go = asyncio.Event(), asyncio.Event()
+
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        scope["session"]["cart"] = "1"
+        loaded.set()
+        await go.wait()
+        await session_app(scope, receive, send)
+
+    client = client_for(backend, **settings)
+    await client.get("/set?k=v")
+    jar = dict(client.jar)
+    b = asyncio.create_task(
+        Client(SessionMiddleware(slow, backend=backend, **settings), jar=dict(jar)).get("/read")
+    )
+    await loaded.wait()
+    assert (await Client(client.app, jar=dict(jar)).get("/expiry?s=10")).status == 200
+    go.set()
+    assert (await b).status == 200
+    (key,) = await keys_of(raw, backend)
+    meta = msgpack.unpackb(await raw.hget(key, "m"))
+    idle = meta.get("i", 600)
+    assert int((await raw.hget(key, "z")).split()[1]) == idle
+    assert await raw.pttl(key) <= idle * 1000
+    reads = []
+    for step in (30, 31):
+        clock.advance(step)
+        backend._due.clear()  # as another worker, which runs the load's refresh script
+        reads.append((await Client(client.app, jar=dict(jar)).get("/read")).json())
+    assert reads[0] == reads[1]  # an expired session never comes back
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [

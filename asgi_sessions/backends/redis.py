@@ -31,12 +31,15 @@ several times a plain read, which is why the common read avoids one. A stale due
 harmless: the schedule only moves later, except when another process shortens it, and
 then the middleware sees the refresh due in the record and touches. A commit is one
 EVALSHA that checks the session still exists and is not an alias, writes only the
-changed data fields and sets the TTL. A new or replaced record arrives with its view,
-built here; so does a delta, built from the view the request loaded, which the script
-keeps only if the stored view is still that one (nobody wrote since), and otherwise
-leaves out: it merges the delta into what the other requests stored and rebuilds the
-view from the fields. So two requests that change different keys both land; for the
-same key the last commit wins.
+changed data fields, the metadata ``m`` (changed or not: the TTL and the refresh
+schedule it writes come from it, so they always agree with the stored ``m``, whatever
+another request stored since the load) and sets the TTL. A new or replaced record
+arrives with its view, built here; so does a delta, built from the view the request
+loaded, which the script keeps only if the stored view is still that one (nobody wrote
+since), and otherwise leaves out: it merges the delta into what the other requests
+stored and rebuilds the view from the fields. So two requests that change different
+keys both land; for the same key, and for the metadata as a whole, the last commit
+wins.
 
 Size: a save whose view, not counting its ``s`` entry, would be over the serializer's
 ``max_size`` raises :class:`SessionTooLarge` and writes nothing (a merge checks the
@@ -1265,11 +1268,13 @@ class RedisBackend:
         else:
             removed += (b"t", b"z")
         meta_changed = full or meta != record.extra.get("meta")
-        if meta_changed:
-            packed_meta = _packb(meta)
-            fields += (b"m", packed_meta)
-        else:
-            packed_meta = b""
+        # Written by every save, changed or not: the TTL and the refresh schedule above
+        # come from this metadata, and a parallel request may have stored other
+        # metadata since the load (a set_expiry()). Keeping that one would leave a
+        # record that outlives what its own metadata states; so the last save's
+        # metadata wins, as the protocol says.
+        packed_meta = _packb(meta)
+        fields += (b"m", packed_meta)
         # Each changed key's msgpack name and value, concatenated as in the view.
         changed: dict[str, bytes] = {}
         # Whether every data value loads back equal and of the same type: the view
@@ -1312,7 +1317,6 @@ class RedisBackend:
                 parts[name] = pair
         limit = self.serializer.max_size
         if full or loaded:
-            packed_meta = packed_meta or _packb(meta)
             view = b"".join(
                 (
                     b"\x95",
