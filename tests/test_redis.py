@@ -14,6 +14,7 @@ from typing import Any
 import msgpack
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from asgi_sessions import (
     BackendError,
@@ -318,6 +319,65 @@ async def test_a_rotation_that_keeps_finding_parallel_changes_gives_up_cleanly(
         assert old.data == {"cart": "1", "n": 9}
     finally:
         await other.aclose()
+
+
+async def test_a_retirement_retried_after_its_reply_was_lost_keeps_the_new_session(
+    raw: Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With rotation_grace=0 the retirement deletes the old key. When its reply is lost
+    and the client retries the command, the retry must recognise its own retirement:
+    before, it found the key gone and the rotation ended the new session (a logout)."""
+    from asgi_sessions.backends import redis as module
+
+    backend = RedisBackend(redis_url, prefix=f"t{uuid.uuid4().hex[:12]}:", rotation_grace=0)
+    real = module._exchange
+    lost = []
+
+    async def lose_the_first_retirement_reply(connection: Any, packed: bytes) -> Any:
+        reply = await real(connection, packed)
+        if module._retire.sha.encode() in packed and not lost:
+            lost.append(reply)
+            raise RedisConnectionError("the connection broke before the reply was read")
+        return reply
+
+    try:
+        client = client_for(backend)
+        await client.get("/set?cart=1")
+        old = f"session={client.jar['session']}".encode()
+        await raw.script_load(module._RETIRE)  # so the command names the script by its SHA
+        monkeypatch.setattr(module, "_exchange", lose_the_first_retirement_reply)
+        response = await client.get("/login?user=ann")
+        monkeypatch.setattr(module, "_exchange", real)
+        assert lost == [1]
+        assert response.status == 200
+        assert (await client.get("/read")).json() == {"cart": "1", "user": "ann"}
+        assert (await client.get("/read", cookie=old)).json() == {}
+        await asyncio.sleep(backend.operation_timeout + 0.2)
+        assert len(await keys_of(raw, backend)) == 1  # the old key's marker expired
+    finally:
+        await backend.aclose()
+
+
+async def test_without_grace_a_logout_racing_a_rotation_ends_the_rotated_session(
+    raw: Redis, redis_url: str
+) -> None:
+    """A logout that loaded the session before a login rotated it (rotation_grace=0)
+    and deletes it after: the marker the retirement leaves names the new session,
+    which ends too, as it does through a grace alias."""
+    backend = RedisBackend(redis_url, prefix=f"t{uuid.uuid4().hex[:12]}:", rotation_grace=0)
+    try:
+        client = client_for(backend)
+        await client.get("/set?cart=1")
+        old = client.jar["session"]
+        logout = await backend.load(old, now=time.time())
+        assert logout is not None
+        await client.get("/login?user=ann")
+        assert (await client.get("/read")).json() == {"cart": "1", "user": "ann"}
+        await backend.delete(old, logout)
+        assert (await client.get("/read")).json() == {}
+        assert await keys_of(raw, backend) == []
+    finally:
+        await backend.aclose()
 
 
 async def test_a_save_racing_a_set_expiry_stores_an_expiry_its_metadata_states(

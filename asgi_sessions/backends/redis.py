@@ -66,6 +66,10 @@ otherwise, writing nothing, answers the stored view: a parallel request saved si
 The rotation then rewrites the new key with that data and its own delta over it (the
 merge a delta save makes) and retires again, so its changes and the parallel ones
 both land; this costs two round trips more only when someone did write since the load.
+Without a grace period the old key is replaced by a marker that names the new ID, has
+no data and reads as no session, for ``operation_timeout``: a retirement retried after
+its reply was lost sees that it is done, instead of ending the new session (and a
+logout or revoke of the old ID meanwhile ends the new one, as an alias makes it do).
 """
 
 from __future__ import annotations
@@ -275,8 +279,9 @@ return 1
 )
 # Retire a rotated session's old ID. ARGV: the new session's ID, the grace in ms (0: no
 # alias), the view the new session's data was built from ('' when the rotation replaced
-# the data, so nothing stored since matters). Returns 1 retired, -1 the old ID is gone,
-# a grace alias or rotated by another request, or, writing nothing, the old ID's view
+# the data, so nothing stored since matters), and how long in ms the marker that a
+# retirement without grace leaves lives. Returns 1 retired, -1 the old ID is gone, a
+# grace alias or rotated by another request, or, writing nothing, the old ID's view
 # when it is not the one given: a parallel save changed the session after the load,
 # and the caller merges that into the new session and retires again.
 _RETIRE = (
@@ -287,7 +292,12 @@ if s[2] == ARGV[1] then return 1 end  -- this very retirement, run twice (a retr
 if not s[1] or s[2] then return -1 end
 if ARGV[3] ~= '' and s[3] ~= ARGV[3] then return s[3] or view(KEYS[1]) end
 if tonumber(ARGV[2]) == 0 then
+  -- The record goes. A marker naming the new ID stays (no m and no view: every read
+  -- finds no session) so that a retry of this command, whose first reply was lost,
+  -- sees it is done instead of ending the new session.
   redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'a', ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
   return 1
 end
 redis.call('HSET', KEYS[1], 'a', ARGV[1])
@@ -1472,8 +1482,9 @@ class RedisBackend:
         is gone, or was rotated or the new one ended by someone else."""
         key = self._key(old_id)
         grace = self.rotation_grace * 1000
+        marker = math.ceil(self.operation_timeout * 1000)
         for merges in range(_MAX_MERGES + 1):
-            reply = await self._run(_retire(self._fast, key, new_id, grace, based_on))
+            reply = await self._run(_retire(self._fast, key, new_id, grace, based_on, marker))
             if type(reply) is not bytes:
                 if reply != 1:
                     return -1
