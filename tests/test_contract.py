@@ -175,6 +175,70 @@ async def test_concurrent_updates_of_different_keys_both_land(subject: Subject) 
     assert final.data == {"seed": 1, "a": 1, "b": 2}
 
 
+@pytest.mark.parametrize("grace", [1, 0])
+async def test_a_rotation_keeps_what_a_parallel_save_stored_after_its_load(
+    subject: Subject, grace: int
+) -> None:
+    """A login loads the session, a parallel request of the same browser saves its own
+    change (and is answered), then the login rotates: both changes are in the new
+    session, as for two delta saves."""
+    if not subject.stateful:
+        pytest.skip("a client-side token carries one writer's copy of the data")
+    backend = subject.backend
+    backend.rotation_grace = grace  # type: ignore[attr-defined]
+    token, _ = await create(backend, {"seed": 1, "gone": 1, "kept": 1})
+    login = await backend.load(token, now=NOW)
+    parallel = await backend.load(token, now=NOW)
+    assert login is not None
+    assert parallel is not None
+    parallel.data = {"seed": 1, "kept": 1, "coupon": "SAVE10"}
+    await backend.save(
+        token,
+        parallel,
+        Delta({"coupon": "SAVE10"}, frozenset({"gone"})),
+        now=NOW,
+        ttl=600,
+        rotate=False,
+    )
+    login.data = {"seed": 1, "gone": 1, "user": "ann"}
+    login.user_id = "ann"
+    new = await backend.save(
+        token, login, Delta({"user": "ann"}, frozenset({"kept"})), now=NOW, ttl=600, rotate=True
+    )
+    rotated = await backend.load(new, now=NOW)
+    assert rotated is not None
+    assert rotated.data == {"seed": 1, "coupon": "SAVE10", "user": "ann"}
+    assert rotated.user_id == "ann"
+    # The record the rotation returned describes what is stored: a later commit of it
+    # (a WebSocket's) keeps the parallel change too.
+    login.data = {**login.data, "late": 1}
+    await backend.save(new, login, Delta({"late": 1}), now=NOW, ttl=600, rotate=False)
+    final = await backend.load(new, now=NOW)
+    assert final is not None
+    assert final.data == {"seed": 1, "coupon": "SAVE10", "user": "ann", "late": 1}
+
+
+async def test_the_last_save_writes_the_metadata_it_was_given(subject: Subject) -> None:
+    """Metadata (times, expiry overrides, user) is written as the saving request has it,
+    even when another request changed it after this one loaded: last writer wins, and
+    the stored expiry is the one that metadata gives."""
+    if not subject.stateful:
+        pytest.skip("a client-side token carries one writer's copy of the data")
+    backend = subject.backend
+    token, _ = await create(backend, {"seed": 1})
+    short = await backend.load(token, now=NOW)
+    bystander = await backend.load(token, now=NOW)
+    assert short is not None
+    assert bystander is not None
+    short.idle_timeout = 10
+    await backend.save(token, short, Delta({}), now=NOW, ttl=10, rotate=False)
+    await update(backend, token, bystander, {"cart": 1})
+    final = await backend.load(token, now=NOW)
+    assert final is not None
+    assert final.idle_timeout is None
+    assert final.data == {"seed": 1, "cart": 1}
+
+
 async def test_removed_keys_are_removed(subject: Subject) -> None:
     backend = subject.backend
     token, _ = await create(backend, {"a": 1, "b": 2})

@@ -14,10 +14,17 @@ from typing import Any
 import msgpack
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from asgi_sessions import BackendUnavailable, ConfigurationError, SessionMiddleware
+from asgi_sessions import (
+    BackendError,
+    BackendUnavailable,
+    ConfigurationError,
+    Delta,
+    SessionMiddleware,
+)
 from asgi_sessions.backends.redis import _VIEW, RedisBackend, _packed_seen, _seen_list
-from asgi_sessions.errors import SessionTooLarge
+from asgi_sessions.errors import SessionGone, SessionTooLarge
 from asgi_sessions.msgpack_serializer import MsgpackSerializer
 from tests.asgi import Client, Response, session_app
 from tests.conftest import FakeClock
@@ -203,6 +210,215 @@ async def test_grace_alias_reads_but_never_forks_then_dies(raw: Redis, redis_url
         assert len(await keys_of(raw, backend)) == 1
     finally:
         await backend.aclose()
+
+
+async def test_a_login_keeps_a_change_a_parallel_request_saved_meanwhile(
+    raw: Redis, backend: RedisBackend
+) -> None:
+    """A login loads the session and waits (a password check); a parallel request of
+    the browser saves a coupon and is answered 200; then the login rotates. The new
+    session has the coupon: the rotation merges its changes into what is stored, as a
+    delta save does, instead of writing the whole session it loaded."""
+    loaded, checked = asyncio.Event(), asyncio.Event()
+
+    async def slow_login(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        dict(scope["session"])
+        loaded.set()
+        await checked.wait()
+        await session_app(scope, receive, send)
+
+    client = client_for(backend)
+    await client.get("/set?cart=1")
+    jar = dict(client.jar)
+    browser = Client(SessionMiddleware(slow_login, backend=backend), jar=dict(jar))
+    login = asyncio.create_task(browser.get("/login?user=ann"))
+    await loaded.wait()
+    parallel = await Client(client.app, jar=dict(jar)).get("/set?coupon=SAVE10")
+    assert parallel.json() == {"cart": "1", "coupon": "SAVE10"}
+    checked.set()
+    assert (await login).status == 200
+    assert browser.jar != jar
+    after = await Client(client.app, jar=browser.jar).get("/read")
+    assert after.json() == {"cart": "1", "coupon": "SAVE10", "user": "ann"}
+    assert len(await keys_of(raw, backend)) == 2  # the new session and the old one's alias
+
+
+async def test_a_logout_while_a_rotation_merges_ends_the_rotation_too(
+    raw: Redis, backend: RedisBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old ID is retired only after the new session holds the merged data: a logout
+    that lands between the merge and the retirement ends the session, and the rotation
+    leaves nothing behind (it never re-creates an ended session)."""
+    from asgi_sessions.backends import redis as module
+
+    real = module._retire
+    logged_out = []
+
+    async def logout_after_the_first_attempt(client: Any, key: str, *args: Any) -> Any:
+        reply = await real(client, key, *args)
+        if not logged_out:
+            logged_out.append(reply)
+            await raw.delete(key)  # the logout's delete, between the two attempts
+        return reply
+
+    monkeypatch.setattr(module, "_retire", logout_after_the_first_attempt)
+    client = client_for(backend)
+    await client.get("/set?cart=1")
+    token = client.jar["session"]
+    now = time.time()
+    login = await backend.load(token, now=now)
+    parallel = await backend.load(token, now=now)
+    assert login is not None
+    assert parallel is not None
+    parallel.data = {"cart": "1", "coupon": "1"}
+    await backend.save(token, parallel, Delta({"coupon": "1"}), now=now, ttl=600, rotate=False)
+    login.data = {"cart": "1", "user": "ann"}
+    with pytest.raises(SessionGone):
+        await backend.save(token, login, Delta({"user": "ann"}), now=now, ttl=600, rotate=True)
+    assert type(logged_out[0]) is bytes  # the first attempt found the parallel change
+    assert await keys_of(raw, backend) == []
+
+
+async def test_a_rotation_that_keeps_finding_parallel_changes_gives_up_cleanly(
+    raw: Redis, backend: RedisBackend, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session that another request changes before every attempt to retire its old
+    ID: the rotation gives up after a bounded number of merges with a BackendError (a
+    503), deletes the new session it made, and leaves the old one live with every
+    parallel change."""
+    from asgi_sessions.backends import redis as module
+
+    other = RedisBackend(redis_url, prefix=backend.prefix)
+    real = module._retire
+    changes = []
+
+    async def a_parallel_save_first(client: Any, key: str, *args: Any) -> Any:
+        record = await other.load(token, now=now)
+        assert record is not None
+        changes.append(len(changes))
+        record.data = {**record.data, "n": len(changes)}
+        await other.save(token, record, Delta({"n": len(changes)}), now=now, ttl=600, rotate=False)
+        return await real(client, key, *args)
+
+    try:
+        client = client_for(backend)
+        await client.get("/set?cart=1")
+        token = client.jar["session"]
+        now = time.time()
+        login = await backend.load(token, now=now)
+        assert login is not None
+        monkeypatch.setattr(module, "_retire", a_parallel_save_first)
+        login.data = {"cart": "1", "user": "ann"}
+        with pytest.raises(BackendError, match="changed again after each of 8 merges"):
+            await backend.save(token, login, Delta({"user": "ann"}), now=now, ttl=600, rotate=True)
+        assert len(changes) == 9  # before the first attempt and after each merge
+        assert len(await keys_of(raw, backend)) == 1  # the new session is gone
+        old = await backend.load(token, now=now)
+        assert old is not None
+        assert not old.read_only
+        assert old.data == {"cart": "1", "n": 9}
+    finally:
+        await other.aclose()
+
+
+async def test_a_retirement_retried_after_its_reply_was_lost_keeps_the_new_session(
+    raw: Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With rotation_grace=0 the retirement deletes the old key. When its reply is lost
+    and the client retries the command, the retry must recognise its own retirement:
+    before, it found the key gone and the rotation ended the new session (a logout)."""
+    from asgi_sessions.backends import redis as module
+
+    backend = RedisBackend(redis_url, prefix=f"t{uuid.uuid4().hex[:12]}:", rotation_grace=0)
+    real = module._exchange
+    lost = []
+
+    async def lose_the_first_retirement_reply(connection: Any, packed: bytes) -> Any:
+        reply = await real(connection, packed)
+        if module._retire.sha.encode() in packed and not lost:
+            lost.append(reply)
+            raise RedisConnectionError("the connection broke before the reply was read")
+        return reply
+
+    try:
+        client = client_for(backend)
+        await client.get("/set?cart=1")
+        old = f"session={client.jar['session']}".encode()
+        await raw.script_load(module._RETIRE)  # so the command names the script by its SHA
+        monkeypatch.setattr(module, "_exchange", lose_the_first_retirement_reply)
+        response = await client.get("/login?user=ann")
+        monkeypatch.setattr(module, "_exchange", real)
+        assert lost == [1]
+        assert response.status == 200
+        assert (await client.get("/read")).json() == {"cart": "1", "user": "ann"}
+        assert (await client.get("/read", cookie=old)).json() == {}
+        await asyncio.sleep(backend.operation_timeout + 0.2)
+        assert len(await keys_of(raw, backend)) == 1  # the old key's marker expired
+    finally:
+        await backend.aclose()
+
+
+async def test_without_grace_a_logout_racing_a_rotation_ends_the_rotated_session(
+    raw: Redis, redis_url: str
+) -> None:
+    """A logout that loaded the session before a login rotated it (rotation_grace=0)
+    and deletes it after: the marker the retirement leaves names the new session,
+    which ends too, as it does through a grace alias."""
+    backend = RedisBackend(redis_url, prefix=f"t{uuid.uuid4().hex[:12]}:", rotation_grace=0)
+    try:
+        client = client_for(backend)
+        await client.get("/set?cart=1")
+        old = client.jar["session"]
+        logout = await backend.load(old, now=time.time())
+        assert logout is not None
+        await client.get("/login?user=ann")
+        assert (await client.get("/read")).json() == {"cart": "1", "user": "ann"}
+        await backend.delete(old, logout)
+        assert (await client.get("/read")).json() == {}
+        assert await keys_of(raw, backend) == []
+    finally:
+        await backend.aclose()
+
+
+async def test_a_save_racing_a_set_expiry_stores_an_expiry_its_metadata_states(
+    raw: Redis, backend: RedisBackend, clock: FakeClock
+) -> None:
+    """Request A shortens the session's idle timeout to 10 s while B, which loaded
+    before it, saves a plain change after it. Before, B kept A's metadata (idle 10 s)
+    but wrote its own TTL and refresh schedule (idle 600 s): at +30 s the session was
+    expired, at +61 s the load's refresh brought it back. Now B writes the metadata
+    it computed them from (the last writer's metadata wins, as with the memory
+    backend) and the stored record agrees with itself."""
+    settings: dict[str, Any] = {"idle_timeout": 600, "refresh_after": 60, "clock": clock}
+    loaded, go = asyncio.Event(), asyncio.Event()
+
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        scope["session"]["cart"] = "1"
+        loaded.set()
+        await go.wait()
+        await session_app(scope, receive, send)
+
+    client = client_for(backend, **settings)
+    await client.get("/set?k=v")
+    jar = dict(client.jar)
+    b = asyncio.create_task(
+        Client(SessionMiddleware(slow, backend=backend, **settings), jar=dict(jar)).get("/read")
+    )
+    await loaded.wait()
+    assert (await Client(client.app, jar=dict(jar)).get("/expiry?s=10")).status == 200
+    go.set()
+    assert (await b).status == 200
+    (key,) = await keys_of(raw, backend)
+    meta = msgpack.unpackb(await raw.hget(key, "m"))
+    idle = meta.get("i", 600)
+    assert int((await raw.hget(key, "z")).split()[1]) == idle
+    assert await raw.pttl(key) <= idle * 1000
+    reads = []
+    for step in (30, 31):
+        clock.advance(step)
+        backend._due.clear()  # as another worker, which runs the load's refresh script
+        reads.append((await Client(client.app, jar=dict(jar)).get("/read")).json())
+    assert reads[0] == reads[1]  # an expired session never comes back
 
 
 @pytest.mark.parametrize(

@@ -31,12 +31,15 @@ several times a plain read, which is why the common read avoids one. A stale due
 harmless: the schedule only moves later, except when another process shortens it, and
 then the middleware sees the refresh due in the record and touches. A commit is one
 EVALSHA that checks the session still exists and is not an alias, writes only the
-changed data fields and sets the TTL. A new or replaced record arrives with its view,
-built here; so does a delta, built from the view the request loaded, which the script
-keeps only if the stored view is still that one (nobody wrote since), and otherwise
-leaves out: it merges the delta into what the other requests stored and rebuilds the
-view from the fields. So two requests that change different keys both land; for the
-same key the last commit wins.
+changed data fields, the metadata ``m`` (changed or not: the TTL and the refresh
+schedule it writes come from it, so they always agree with the stored ``m``, whatever
+another request stored since the load) and sets the TTL. A new or replaced record
+arrives with its view, built here; so does a delta, built from the view the request
+loaded, which the script keeps only if the stored view is still that one (nobody wrote
+since), and otherwise leaves out: it merges the delta into what the other requests
+stored and rebuilds the view from the fields. So two requests that change different
+keys both land; for the same key, and for the metadata as a whole, the last commit
+wins.
 
 Size: a save whose view, not counting its ``s`` entry, would be over the serializer's
 ``max_size`` raises :class:`SessionTooLarge` and writes nothing (a merge checks the
@@ -57,7 +60,16 @@ through redis-py as usual. A rotation writes the new key, enters it in its user'
 index when it has one, and only then turns the old key into a read-only alias: single-key
 scripts one after the other (old and new hash to different Cluster slots, so there is
 never a cross-slot transaction), in an order that lets a logout or revoke racing the
-rotation end the new session too.
+rotation end the new session too. The new key gets the data the request loaded with its
+changes; the retirement checks that the old key's view is still the loaded one and
+otherwise, writing nothing, answers the stored view: a parallel request saved since.
+The rotation then rewrites the new key with that data and its own delta over it (the
+merge a delta save makes) and retires again, so its changes and the parallel ones
+both land; this costs two round trips more only when someone did write since the load.
+Without a grace period the old key is replaced by a marker that names the new ID, has
+no data and reads as no session, for ``operation_timeout``: a retirement retried after
+its reply was lost sees that it is done, instead of ending the new session (and a
+logout or revoke of the old ID meanwhile ends the new one, as an alias makes it do).
 """
 
 from __future__ import annotations
@@ -72,7 +84,7 @@ import math
 import re
 import struct
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
@@ -265,14 +277,27 @@ view(KEYS[1])
 return 1
 """
 )
+# Retire a rotated session's old ID. ARGV: the new session's ID, the grace in ms (0: no
+# alias), the view the new session's data was built from ('' when the rotation replaced
+# the data, so nothing stored since matters), and how long in ms the marker that a
+# retirement without grace leaves lives. Returns 1 retired, -1 the old ID is gone, a
+# grace alias or rotated by another request, or, writing nothing, the old ID's view
+# when it is not the one given: a parallel save changed the session after the load,
+# and the caller merges that into the new session and retires again.
 _RETIRE = (
     _VIEW
     + """
-local s = redis.call('HMGET', KEYS[1], 'm', 'a')
+local s = redis.call('HMGET', KEYS[1], 'm', 'a', 'x')
 if s[2] == ARGV[1] then return 1 end  -- this very retirement, run twice (a retried command)
 if not s[1] or s[2] then return -1 end
+if ARGV[3] ~= '' and s[3] ~= ARGV[3] then return s[3] or view(KEYS[1]) end
 if tonumber(ARGV[2]) == 0 then
+  -- The record goes. A marker naming the new ID stays (no m and no view: every read
+  -- finds no session) so that a retry of this command, whose first reply was lost,
+  -- sees it is done instead of ending the new session.
   redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'a', ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
   return 1
 end
 redis.call('HSET', KEYS[1], 'a', ARGV[1])
@@ -641,6 +666,8 @@ _load, _save, _touch, _retire, _end, _index = map(
 )
 # How many rotations in a row _end follows from an ID that was retired meanwhile.
 _MAX_HOPS = 8
+# How many times a rotation merges what parallel saves stored before it gives up (a 503).
+_MAX_MERGES = 8
 
 
 def _raised_in_redis_py(exc: BaseException) -> bool:
@@ -823,6 +850,26 @@ def _field(name: str) -> bytes:
         return _packb(name)  # type: ignore[no-any-return]
     except UnicodeEncodeError:
         return b""  # never stored, so nothing to delete
+
+
+# A view no record has (msgpack never uses the byte 0xc1): a rotation whose loaded view
+# is unknown gets the stored one from the retirement, and merges.
+_NO_VIEW = b"\xc1"
+
+
+def _view(
+    meta: bytes, seen: bytes, due: float | None, parts: Collection[bytes], limit: int
+) -> bytes:
+    """A record's view from its packed ``m`` and ``s``, its next refresh and its keys'
+    packed pairs, as the scripts build it. :class:`SessionTooLarge` when it is over
+    ``limit`` not counting the ``s`` entry (when and where the session was last seen),
+    which a later refresh rewrites within the load's _VIEW_ROOM."""
+    view = b"".join(
+        (b"\x95", meta, seen, _packed_due(due), b"\xc0", _map_header(len(parts)), *parts)
+    )
+    if len(view) - len(seen) > limit:
+        raise SessionTooLarge("the session " + _too_large(len(view) - len(seen), limit))
+    return view
 
 
 class _State(NamedTuple):
@@ -1265,11 +1312,15 @@ class RedisBackend:
         else:
             removed += (b"t", b"z")
         meta_changed = full or meta != record.extra.get("meta")
-        if meta_changed:
-            packed_meta = _packb(meta)
-            fields += (b"m", packed_meta)
-        else:
-            packed_meta = b""
+        # Written by every save, changed or not: the TTL and the refresh schedule above
+        # come from this metadata, and a parallel request may have stored other
+        # metadata since the load (a set_expiry()). Keeping that one would leave a
+        # record that outlives what its own metadata states; so the last save's
+        # metadata wins, as the protocol says.
+        packed_meta = _packb(meta)
+        fields += (b"m", packed_meta)
+        # Where the data pairs start: a rotation that merges keeps what comes before.
+        head = len(fields)
         # Each changed key's msgpack name and value, concatenated as in the view.
         changed: dict[str, bytes] = {}
         # Whether every data value loads back equal and of the same type: the view
@@ -1312,22 +1363,7 @@ class RedisBackend:
                 parts[name] = pair
         limit = self.serializer.max_size
         if full or loaded:
-            packed_meta = packed_meta or _packb(meta)
-            view = b"".join(
-                (
-                    b"\x95",
-                    packed_meta,
-                    seen,
-                    _packed_due(due),
-                    b"\xc0",
-                    _map_header(len(parts)),
-                    *parts.values(),
-                )
-            )
-            # The ``s`` entry (where and when the session was last seen) is left
-            # out: a later refresh rewrites it, within the load's _VIEW_ROOM.
-            if len(view) - len(seen) > limit:
-                raise SessionTooLarge("the session " + _too_large(len(view) - len(seen), limit))
+            view = _view(packed_meta, seen, due, parts.values(), limit)
             fields += (b"x", view)
         else:
             view = b""
@@ -1377,6 +1413,11 @@ class RedisBackend:
         # the new one there.
         old_id = record.session_id
         user = record.user_id
+        # The view the new session's data comes from, which the retirement checks the
+        # old ID still has; none for a replacement, which depends on nothing stored.
+        based_on = b""
+        if token is not None and not delta.replace:
+            based_on = record.extra.get("view") or _NO_VIEW
         while True:
             new = new_token()
             new_id = token_id(new)
@@ -1392,16 +1433,17 @@ class RedisBackend:
                 members = await self._run(self._index_add(user, new_id, record, now))
             retired = 1
             if token is not None:
-                retired = await self._run(
-                    _retire(self._fast, self._key(old_id), new_id, self.rotation_grace * 1000)
+                retired = await self._retire(
+                    old_id, new_id, based_on, record, delta, fields[:head], due, ttl_ms
                 )
-        except BackendError:
-            # The store failed half-way: no cookie will ever lead to the new session,
-            # so it goes (best effort: the store is failing) before the 503.
+        except Exception:
+            # The store failed half-way, or the merged session is too large: no cookie
+            # will ever lead to the new session, so it goes (best effort when the
+            # store is failing) before the error.
             with contextlib.suppress(BackendError):
                 await self._forget(new_id, user)
             raise
-        if retired != 1:
+        if retired < 0:
             # Logged out, revoked, or rotated by a parallel request meanwhile: the
             # new session must not outlive the old one.
             await self._forget(new_id, user)
@@ -1409,11 +1451,90 @@ class RedisBackend:
         self._due.pop(old_id, None)
         self._views.pop(record.extra.get("view", b""), None)  # the old ID's: superseded
         record.session_id = new_id
-        record.extra = {"meta": meta, "view": view}
+        # After a merge the new session holds more than this request's data, which a
+        # later commit of the record (a WebSocket's) builds its view from: the stored
+        # view is then unknown here, and that commit merges in the script.
+        record.extra = {"meta": meta, "view": view if retired == 1 else b""}
         self._remember(new_id, due)
         if user is not None:
             await self._prune(user, _ids(members), now, keep_newest=self.max_sessions_per_user)
         return new
+
+    async def _retire(
+        self,
+        old_id: str,
+        new_id: str,
+        based_on: bytes,
+        record: SessionRecord,
+        delta: Delta,
+        head: list[bytes],
+        due: float | None,
+        ttl_ms: int,
+    ) -> int:
+        """Retire a rotated session's old ID into a grace alias of ``new_id`` (or end
+        it, without grace). When a parallel save changed the old session after
+        ``based_on`` was loaded, the new session is rewritten with the stored data and
+        this request's ``delta`` over it, as a delta save merges, and the retirement
+        is tried again: the old ID goes only once the new session holds everything,
+        so a logout or revoke meanwhile ends both. ``head`` is the new session's
+        fields before its data (``s``, the schedule, ``m``). 1 retired, 2 retired
+        after a merge (``record.data`` is then the merged data), -1 the old session
+        is gone, or was rotated or the new one ended by someone else."""
+        key = self._key(old_id)
+        grace = self.rotation_grace * 1000
+        marker = math.ceil(self.operation_timeout * 1000)
+        for merges in range(_MAX_MERGES + 1):
+            reply = await self._run(_retire(self._fast, key, new_id, grace, based_on, marker))
+            if type(reply) is not bytes:
+                if reply != 1:
+                    return -1
+                return 2 if merges else 1
+            if merges == _MAX_MERGES:
+                break
+            based_on = reply
+            try:
+                parsed = self._decode(reply)
+            except (SerializationError, ValueError, TypeError, KeyError) as exc:
+                # Nothing to merge from: the rotation keeps this request's data.
+                logger.warning(
+                    "session %s: stored record is corrupt (%s); rotated without it",
+                    old_id[:12],
+                    exc,
+                )
+                continue
+            data = parsed[12]
+            if data is None:  # _decode gives the data only when no value is a list or dict
+                data = self.serializer.unpack(reply, limit=self._view_limit)[4]
+            data.update(delta.updates)
+            for name in delta.removed:
+                data.pop(name, None)
+            dumps = self.serializer.dumps_value
+            fields = list(head)
+            parts = []
+            for name, value in data.items():
+                packed_name, blob = _packed_str(name), dumps(name, value)
+                fields += (packed_name, blob)
+                parts.append(packed_name + blob)
+            limit = self.serializer.max_size
+            fields += (b"x", _view(head[-1], head[1], due, parts, limit))
+            written = await self._run(
+                _save(
+                    self._fast,
+                    self._key(new_id),
+                    b"r",
+                    ttl_ms,
+                    len(fields) // 2,
+                    b"",
+                    limit,
+                    *fields,
+                )
+            )
+            if written != 1:
+                return -1
+            record.data = data
+        raise BackendError(
+            f"the session changed again after each of {_MAX_MERGES} merges of its rotation"
+        )
 
     async def _forget(self, session_id: str, user_id: str | None) -> None:
         """Delete a session this request created and never handed out, with its
