@@ -212,7 +212,7 @@ async def test_a_rotation_keeps_what_a_parallel_save_stored_after_its_load(
     # The record the rotation returned describes what is stored: a later commit of it
     # (a WebSocket's) keeps the parallel change too.
     login.data = {**login.data, "late": 1}
-    await backend.save(new, login, Delta({"late": 1}), now=NOW, ttl=600, rotate=False)
+    new = await backend.save(new, login, Delta({"late": 1}), now=NOW, ttl=600, rotate=False)
     final = await backend.load(new, now=NOW)
     assert final is not None
     assert final.data == {"seed": 1, "coupon": "SAVE10", "user": "ann", "late": 1}
@@ -232,7 +232,8 @@ async def test_the_last_save_writes_the_metadata_it_was_given(subject: Subject) 
     assert bystander is not None
     short.idle_timeout = 10
     await backend.save(token, short, Delta({}), now=NOW, ttl=10, rotate=False)
-    await update(backend, token, bystander, {"cart": 1})
+    # The token that save returns (a hybrid issues a new access token).
+    token = await update(backend, token, bystander, {"cart": 1})
     final = await backend.load(token, now=NOW)
     assert final is not None
     assert final.idle_timeout is None

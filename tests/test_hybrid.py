@@ -23,6 +23,7 @@ from asgi_sessions import (
     SessionMiddleware,
     SessionTooLarge,
 )
+from asgi_sessions.backends.base import Delta, SessionRecord
 from asgi_sessions.backends.redis import RedisBackend
 from asgi_sessions.events import SessionEvent
 from tests.asgi import Client, session_app
@@ -848,3 +849,32 @@ async def test_a_rotation_whose_spent_marker_fails_still_sends_the_new_pair(
     await past_grace(quick_store, clock)
     assert (await client.get("/read")).json() == {"user": "ann"}
     assert len(await backend.list_sessions("ann")) == 1
+
+
+async def test_a_merging_rotation_gives_its_access_token_the_merged_data(
+    store: Any, clock: FakeClock
+) -> None:
+    """A rotation that merges what a parallel request stored after its load issues an
+    access token with the merged data: another process (without this one's verified
+    token cache) reads the parallel change too. The token was issued from the data
+    serialized before the store merged."""
+    backend = hybrid(store, clock)
+    other = hybrid(store, clock)
+    now = clock()
+    record = SessionRecord(
+        session_id="", data={"seed": 1}, created_at=now, last_seen=now, rotated_at=now
+    )
+    token = await backend.save(
+        None, record, Delta({"seed": 1}, replace=True), now=now, ttl=600, rotate=False
+    )
+    login = await backend.load(token, now=now)
+    parallel = await backend.load(token, now=now)
+    assert login is not None
+    assert parallel is not None
+    parallel.data = {"seed": 1, "coupon": "SAVE10"}
+    await backend.save(token, parallel, Delta({"coupon": "SAVE10"}), now=now, ttl=600, rotate=False)
+    login.data = {"seed": 1, "user": "ann"}
+    new = await backend.save(token, login, Delta({"user": "ann"}), now=now, ttl=600, rotate=True)
+    elsewhere = await other.load(new, now=now)
+    assert elsewhere is not None
+    assert elsewhere.data == {"seed": 1, "coupon": "SAVE10", "user": "ann"}

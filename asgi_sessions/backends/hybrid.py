@@ -442,11 +442,15 @@ class HybridBackend:
         refreshing = record.extra.pop(_DUE, False) and record.reissue
         if refreshing:
             record.rotated_at = now
-        raw = self._tokens.serializer.dumps(record.data).decode()
+        data = record.data
+        raw = self._tokens.serializer.dumps(data).decode()
         self._check_fits(record, raw, now, ttl)  # first: nothing is stored if it does not
         new = await self.store.save(
             refresh, record, delta, now=now, ttl=ttl, rotate=rotate or refreshing
         )
+        if record.data is not data:
+            # A rotation merged what parallel requests stored: the token carries it.
+            raw = self._tokens.serializer.dumps(record.data).decode()
         if token is None or family is None:
             family = record.session_id
         elif rotate or refreshing:

@@ -156,6 +156,11 @@ class MemoryBackend:
             for removed in delta.removed:
                 data.pop(removed, None)
             blob = self.serializer.dumps(data)
+            if rotate:
+                # The new session holds what parallel saves stored too; the record
+                # says so (as RedisBackend's merging rotation does), for a later
+                # commit of it and for a hybrid's access token.
+                record.data = data
         previous_user = entry.meta.user_id
         if not rotate:
             entry.meta = _meta(record, key)
