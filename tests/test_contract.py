@@ -261,3 +261,23 @@ async def test_a_save_never_re_creates_a_deleted_session(subject: Subject) -> No
     with pytest.raises(SessionGone):
         await backend.touch(token, loaded, now=NOW, ttl=600)
     assert await backend.load(token, now=NOW) is None
+
+
+async def test_delete_on_a_token_two_rotations_old_ends_the_live_session(
+    subject: Subject,
+) -> None:
+    """Logging out on a cookie two rotations old (within the grace) ends the session
+    it led to, however many rotations ago."""
+    if not subject.stateful:
+        pytest.skip("stateless tokens have no alias")
+    backend = subject.backend
+    first, _ = await create(backend, {"k": 1})
+    token = first
+    for _ in range(2):
+        loaded = await backend.load(token, now=NOW)
+        assert loaded is not None
+        token = await backend.save(token, loaded, Delta({}), now=NOW, ttl=600, rotate=True)
+    alias = await backend.load(first, now=NOW)
+    assert alias is not None
+    await backend.delete(first, alias)
+    assert await backend.load(token, now=NOW) is None

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from asgi_sessions import ExpiryPolicy, SessionMiddleware
+from asgi_sessions import ExpiryPolicy, HybridBackend, SessionMiddleware
 from asgi_sessions.backends.base import UserSessions
 from tests.asgi import Client, session_app
 from tests.conftest import FakeClock
@@ -191,3 +191,72 @@ async def test_refresh_keeps_last_seen_and_agent_current_without_a_write(
     (info,) = await backend.list_sessions("ann")
     assert info.last_seen == clock.now
     assert info.user_agent == "phone, updated"
+
+
+async def test_max_sessions_per_user_never_evicts_the_login_in_progress(
+    make_backend: Factory, clock: FakeClock
+) -> None:
+    """A login keeps the creation time of the anonymous session it rotates: a laptop
+    browsed anonymously before the phone logged in is still the one logging in."""
+    backend = make_backend(max_sessions_per_user=1)
+    laptop = device(backend, clock, "laptop")
+    await laptop.get("/set?cart=1")  # anonymous browsing, before any login
+    phone = await login(backend, clock, "phone")
+    clock.advance(1)
+    response = await laptop.get("/bind?user=ann")
+    assert response.set_cookies
+    assert (await laptop.get("/read")).json() == {"cart": "1", "user": "ann"}
+    assert [s.user_agent for s in await backend.list_sessions("ann")] == ["laptop"]
+    assert (await phone.get("/read")).json() == {}
+
+
+async def test_max_sessions_per_user_evicts_the_least_recently_logged_in(
+    make_backend: Factory, clock: FakeClock
+) -> None:
+    """The oldest session is the one that logged in longest ago, not the one whose
+    anonymous browsing started first."""
+    backend = make_backend(max_sessions_per_user=2)
+    laptop = device(backend, clock, "laptop")
+    await laptop.get("/set?cart=1")  # created first, logs in second
+    phone = await login(backend, clock, "phone")
+    clock.advance(1)
+    await laptop.get("/bind?user=ann")
+    tablet = await login(backend, clock, "tablet")
+    assert (await phone.get("/read")).json() == {}
+    assert (await laptop.get("/read")).json() == {"cart": "1", "user": "ann"}
+    assert (await tablet.get("/read")).json() == {"cart": "1", "user": "ann"}
+    listed = [s.user_agent for s in await backend.list_sessions("ann")]
+    assert listed == ["laptop", "tablet"]  # the list stays in creation order
+
+
+async def test_an_evicted_session_takes_its_grace_aliases_with_it(
+    make_backend: Factory, clock: FakeClock
+) -> None:
+    backend = make_backend(max_sessions_per_user=1, rotation_grace=30)
+    if isinstance(backend, HybridBackend):
+        pytest.skip("an old hybrid cookie's access token is stateless until it expires")
+    phone = await login(backend, clock, "phone")
+    before = phone.jar["session"]
+    await phone.get("/rotate")
+    assert (await phone.get("/read", cookie=f"session={before}".encode())).json() != {}
+    await login(backend, clock, "laptop")
+    assert (await phone.get("/read", cookie=f"session={before}".encode())).json() == {}
+    assert (await phone.get("/read")).json() == {}
+
+
+async def test_revoke_ends_grace_aliases_two_rotations_old(
+    make_backend: Factory, clock: FakeClock
+) -> None:
+    backend = make_backend(rotation_grace=30)
+    if isinstance(backend, HybridBackend):
+        pytest.skip("an old hybrid cookie's access token is stateless until it expires")
+    phone = await login(backend, clock, "phone")
+    first = phone.jar["session"]
+    await phone.get("/rotate")
+    second = phone.jar["session"]
+    await phone.get("/rotate")
+    (info,) = await backend.list_sessions("ann")
+    assert await backend.revoke(info.session_id)
+    for old in (first, second):
+        assert (await phone.get("/read", cookie=f"session={old}".encode())).json() == {}
+    assert (await phone.get("/read")).json() == {}

@@ -832,6 +832,7 @@ class _State(NamedTuple):
     user_agent: str | None
     user_id: str | None
     alias_of: str | None
+    rotated_at: float  # the last ID rotation: a login (bind_user rotates) or later
 
 
 def _state(meta: bytes | None, seen: bytes | None, alias: bytes | None) -> _State | None:
@@ -840,13 +841,37 @@ def _state(meta: bytes | None, seen: bytes | None, alias: bytes | None) -> _Stat
     if meta is None or seen is None:
         return None
     try:
-        created, _, _, _, _, user_id = _meta(_unpackb(meta))
+        created, rotated, _, _, _, user_id = _meta(_unpackb(meta))
         last_seen, ip, user_agent = _seen(_unpackb(seen))
     except Exception:  # any decode failure: msgpack raises several types
         return None
     return _State(
-        created, last_seen, ip, user_agent, user_id, None if alias is None else _id(alias)
+        created,
+        last_seen,
+        ip,
+        user_agent,
+        user_id,
+        None if alias is None else _id(alias),
+        rotated,
     )
+
+
+def _aliases_into(ids: set[str], states: dict[str, _State | None]) -> list[str]:
+    """The members of ``states`` that are grace aliases of one of ``ids``, or of one
+    of those, and so on (up to _MAX_HOPS rotations back)."""
+    found: list[str] = []
+    targets = set(ids)
+    for _ in range(_MAX_HOPS):
+        more = [
+            session_id
+            for session_id, state in states.items()
+            if state is not None and state.alias_of in targets and session_id not in targets
+        ]
+        if not more:
+            break
+        found += more
+        targets.update(more)
+    return found
 
 
 # Strings packed on every save: session key names, client addresses and user agents
@@ -921,8 +946,9 @@ class RedisBackend:
 
     ``rotation_grace`` seconds (0 disables it): how long a rotated-away token keeps
     reading the pre-rotation data, read-only, so parallel requests of the same
-    browser are not logged out. ``max_sessions_per_user`` evicts a user's oldest
-    sessions beyond that number. Values are stored with ``serializer`` (msgpack by
+    browser are not logged out. ``max_sessions_per_user`` ends a user's sessions
+    beyond that number, the least recently logged in (or rotated) first, never the
+    one being bound. Values are stored with ``serializer`` (msgpack by
     default), which refuses unstorable values when they are set.
     """
 
@@ -1412,7 +1438,9 @@ class RedisBackend:
         record.extra = {"meta": meta, "view": view}
         self._remember(new_id, due)
         if user is not None:
-            await self._prune(user, _ids(members), now, keep_newest=self.max_sessions_per_user)
+            await self._prune(
+                user, _ids(members), now, keep_newest=self.max_sessions_per_user, current=new_id
+            )
         return new
 
     async def _forget(self, session_id: str, user_id: str | None) -> None:
@@ -1506,24 +1534,38 @@ class RedisBackend:
         return [_state(*reply) for reply in replies]
 
     async def _prune(
-        self, user_id: str, ids: Sequence[str], now: float, *, keep_newest: int | None = None
+        self,
+        user_id: str,
+        ids: Sequence[str],
+        now: float,
+        *,
+        keep_newest: int | None = None,
+        current: str | None = None,
     ) -> list[tuple[str, _State]]:
-        """Drop index members whose session is gone or belongs to someone else, evict
-        beyond ``keep_newest``; returns the live sessions, oldest first."""
+        """Drop index members whose session is gone or belongs to someone else; with
+        ``keep_newest``, end the least recently logged-in (or rotated) sessions
+        beyond that number, never ``current`` (the login being saved); returns the
+        live sessions, oldest first."""
         if not ids:
             return []
-        states = await self._states(ids)
+        states = dict(zip(ids, await self._states(ids), strict=True))
         live = []
         dead = []
-        for session_id, state in zip(ids, states, strict=True):
+        for session_id, state in states.items():
             if state is None or (state.user_id is not None and state.user_id != user_id):
                 dead.append(session_id)
             elif state.alias_of is None:
                 live.append((session_id, state))
         live.sort(key=lambda item: item[1].created_at)
-        if keep_newest is not None and len(live) > keep_newest:
-            evicted = live[: len(live) - keep_newest]
-            live = live[len(live) - keep_newest :]
+        others = [item for item in live if item[0] != current]
+        excess = 0 if keep_newest is None else len(others) + (current in states) - keep_newest
+        if excess > 0:
+            # By login, not creation: a login keeps the creation time of the
+            # anonymous session it rotates, which may predate the other devices'.
+            others.sort(key=lambda item: item[1].rotated_at)
+            evicted = others[:excess]
+            gone = {i for i, _ in evicted}
+            live = [item for item in live if item[0] not in gone]
             for session_id, _ in evicted:
                 logger.info("user's session limit reached: ended session %s", session_id[:12])
                 if self.on_evict is not None:
@@ -1537,8 +1579,11 @@ class RedisBackend:
                             reason="session limit per user",
                         )
                     )
-            await self._run(asyncio.gather(*(self.client.delete(self._key(i)) for i, _ in evicted)))
-            dead += [i for i, _ in evicted]
+            # Ended as a revoke ends them: with their grace aliases, and through _end,
+            # so a rotation racing the eviction does not leave its new session alive.
+            aliases = _aliases_into(gone, states)
+            await self._end(list(gone), also=[self.client.delete(self._key(i)) for i in aliases])
+            dead += [*gone, *aliases]
         if dead:
             await self._run(self.client.zrem(self._user_key(user_id), *dead))
         return live
@@ -1578,12 +1623,8 @@ class RedisBackend:
         if owner is not None:
             members = await self._members(owner)
             others = [m for m in members if m != session_id]
-            states = await self._states(others)
-            doomed += [
-                m
-                for m, other in zip(others, states, strict=True)
-                if other is not None and other.alias_of == session_id
-            ]
+            states = dict(zip(others, await self._states(others), strict=True))
+            doomed += _aliases_into({session_id}, states)
         deleted = await self._end(doomed)
         if owner is not None:
             await self._run(self.client.zrem(self._user_key(owner), *doomed))
