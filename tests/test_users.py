@@ -260,3 +260,42 @@ async def test_revoke_ends_grace_aliases_two_rotations_old(
     for old in (first, second):
         assert (await phone.get("/read", cookie=f"session={old}".encode())).json() == {}
     assert (await phone.get("/read")).json() == {}
+
+
+async def test_a_session_whose_deadline_moves_later_stays_listed_and_revocable(
+    make_backend: Factory, clock: FakeClock
+) -> None:
+    """Bound under a fixed expiry, then back to the sliding default: the session
+    lives on, so its user's index must keep it past the first deadline."""
+    backend = make_backend()
+    client = device(backend, clock, "laptop")
+    await client.get(f"/expiry?at={clock.now + 1}")
+    await client.get("/bind?user=ann")
+    await client.get("/expiry?s=3600")
+    clock.advance(1.5)
+    if make_backend.real_time:  # type: ignore[attr-defined]
+        await asyncio.sleep(1.5)  # past the first deadline for Redis too
+    assert [s.user_agent for s in await backend.list_sessions("ann")] == ["laptop"]
+    assert await backend.revoke_user("ann") == 1
+    assert (await client.get("/read")).json() == {}
+
+
+@pytest.mark.parametrize("request_after", ["/set?cart=2", "/read"], ids=["save", "refresh"])
+async def test_raising_absolute_timeout_keeps_bound_sessions_listed(
+    make_backend: Factory, clock: FakeClock, request_after: str
+) -> None:
+    """A deploy that raises absolute_timeout lengthens the life of sessions bound
+    before it, from their next save or refresh: "sign out everywhere" must still
+    reach them."""
+    backend = make_backend()
+    client = device(backend, clock, "laptop")
+    client.app.policy = ExpiryPolicy(idle_timeout=2, absolute_timeout=2, refresh_after=1)
+    await client.get("/bind?user=ann")
+    client.app.policy = ExpiryPolicy(refresh_after=0)  # the deploy
+    await client.get(request_after)
+    clock.advance(2.5)
+    if make_backend.real_time:  # type: ignore[attr-defined]
+        await asyncio.sleep(2.5)  # past the first deadline for Redis too
+    assert [s.user_agent for s in await backend.list_sessions("ann")] == ["laptop"]
+    assert await backend.revoke_user("ann") == 1
+    assert (await client.get("/read")).json() == {}

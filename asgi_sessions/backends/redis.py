@@ -4,7 +4,8 @@ Data model (all keys under ``prefix``, default ``asgi_sessions:``)::
 
     {prefix}s:<sha256(token) hex>     HASH, one per session (or grace alias)
         m            msgpack map: c created, r last rotation (epoch seconds), and only
-                     when set: i idle override, f fixed expiry, b browser session, u user
+                     when set: i idle override, f fixed expiry, b browser session, u user,
+                     d the score its user's index holds for it
         s            msgpack array: [last seen, client address, user agent]
         t            when the next sliding refresh is due (epoch seconds, plain text)
         z            "period idle cap": refresh period and idle timeout in seconds and
@@ -36,7 +37,10 @@ built here; so does a delta, built from the view the request loaded, which the s
 keeps only if the stored view is still that one (nobody wrote since), and otherwise
 leaves out: it merges the delta into what the other requests stored and rebuilds the
 view from the fields. So two requests that change different keys both land; for the
-same key the last commit wins.
+same key the last commit wins. A save or touch that lets a bound session live past
+the score its user's index holds for it (``d``: a lifted fixed expiry, a raised
+absolute_timeout) first re-scores it there, one more single-key command for that
+write only; the index key's TTL follows its highest score.
 
 Size: a save whose view, not counting its ``s`` entry, would be over the serializer's
 ``max_size`` raises :class:`SessionTooLarge` and writes nothing (a merge checks the
@@ -781,6 +785,50 @@ def _meta_map(record: SessionRecord) -> dict[str, Any]:
     return meta
 
 
+def _index_score(record: SessionRecord, now: float) -> float:
+    """The score of a bound session in its user's index: the latest moment it can
+    live (activity never moves the absolute deadline)."""
+    return record.absolute_expiry or now + 366 * 86400
+
+
+def _index_stale(record: SessionRecord, now: float, ttl: int) -> bool:
+    """Whether a write of ``record`` with ``ttl`` lets a bound session live past the
+    score its user's index holds for it (``d`` in the loaded ``m``): a fixed expiry
+    lifted, or a deploy that raised absolute_timeout. The index must then follow, or
+    it drops (and its key expires before) a session still alive.
+
+    A record that carries no loaded ``m`` (the hybrid backend's, built from its access
+    token) cannot be judged and is left alone, so a plain write keeps its one command:
+    the hybrid's refresh rotates the session, which re-scores it. Until then, a hybrid
+    session whose deadline moved later can drop out of its user's index."""
+    if record.user_id is None or "meta" not in record.extra:
+        return False
+    loaded = record.extra["meta"]
+    scored = loaded.get("d") if type(loaded) is dict else None
+    if (type(scored) is not float and type(scored) is not int) or not math.isfinite(scored):
+        return True  # unknown: stored before the index score was kept here
+    return (record.absolute_expiry or now + ttl) > scored
+
+
+def _score_meta(
+    meta: dict[str, Any], record: SessionRecord, now: float, ttl: int, *, new: bool
+) -> bool:
+    """Enter in ``meta`` (as ``d``) the score the user's index holds for the bound
+    session after this save; True when the save must re-score it (_index_stale)."""
+    if record.user_id is None:
+        return False
+    if new:
+        meta["d"] = _index_score(record, now)  # the save enters it in the index
+        return False
+    if _index_stale(record, now, ttl):
+        meta["d"] = _index_score(record, now)
+        return True
+    loaded = record.extra.get("meta")
+    if type(loaded) is dict and "d" in loaded:
+        meta["d"] = loaded["d"]  # unknown stays unknown: see _index_stale
+    return False
+
+
 def _next_due(record: SessionRecord) -> float | None:
     """When the saved session's next sliding refresh is due; None: it never slides."""
     if record.sliding is None or record.absolute_expiry is None:
@@ -1280,6 +1328,7 @@ class RedisBackend:
         entry = self._views.get(loaded) if loaded else None
         known: dict[str, bytes] | None = entry[13] if entry is not None else None
         meta = _meta_map(record)
+        reindex = _score_meta(meta, record, now, ttl, new=token is None or rotate)
         seen_list = _seen_list(record.last_seen, record.ip, record.user_agent)
         seen = _packed_seen(seen_list)
         fields: list[bytes] = [b"s", seen]
@@ -1362,6 +1411,8 @@ class RedisBackend:
         count = len(fields) // 2
         ttl_ms = ttl * 1000
         if token is not None and not rotate:
+            if reindex:
+                await self._reindex(record, now)
             mode = b"r" if delta.replace else b"u"
             result = await self._run(
                 _save(
@@ -1452,6 +1503,11 @@ class RedisBackend:
         await self._run(asyncio.gather(*cleanup))
 
     async def touch(self, token: str, record: SessionRecord, *, now: float, ttl: int) -> str | None:
+        if _index_stale(record, now, ttl):
+            # A touch leaves ``m`` alone (a metadata write here could undo a parallel
+            # request's), so until a save stores the new score each such touch pays
+            # this command.
+            await self._reindex(record, now)
         due = _next_due(record)
         result = await self._run(
             _touch(
@@ -1520,10 +1576,20 @@ class RedisBackend:
     ) -> Awaitable[Any]:
         """Enter ``session_id`` in the user's index (pruning expired members); the
         script answers every member."""
-        # The index score is the latest the session can live (activity never moves
-        # the absolute deadline), so pruning by score never drops a live session.
-        score = record.absolute_expiry or now + 366 * 86400
+        # The score is the latest the session can live, so pruning by score never
+        # drops a live session, and the index key outlives every member; a write
+        # that moves that moment later re-scores it (_reindex).
+        score = _index_score(record, now)
         return _index(self.client, self._user_key(user_id), session_id, repr(score), repr(now), "")
+
+    async def _reindex(self, record: SessionRecord, now: float) -> None:
+        """Re-score a bound session whose deadline a save or touch is about to move
+        later: one more single-key command (in the index key's Cluster slot), paid
+        only then. It runs before that write, so a failure (raised) leaves the
+        session as it was, and the next write tries again; a write that then finds
+        the session gone leaves a dead member, which the next prune drops."""
+        assert record.user_id is not None
+        await self._run(self._index_add(record.user_id, record.session_id, record, now))
 
     async def _states(self, ids: Sequence[str]) -> list[_State | None]:
         """Each session's (created, last seen, IP, user agent, user ID, alias of);
