@@ -299,3 +299,51 @@ async def test_raising_absolute_timeout_keeps_bound_sessions_listed(
     assert [s.user_agent for s in await backend.list_sessions("ann")] == ["laptop"]
     assert await backend.revoke_user("ann") == 1
     assert (await client.get("/read")).json() == {}
+
+
+async def bind_during_a_socket(middleware: SessionMiddleware, cookie: str, user: str) -> None:
+    """Open a WebSocket on ``cookie``, accept it, then bind the session to ``user``
+    (committed when the socket ends, under the same ID: no cookie can be sent)."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        scope["session"].bind_user(user)
+        await send({"type": "websocket.close", "code": 1000})
+
+    messages = [{"type": "websocket.connect"}]
+
+    async def receive() -> Any:
+        return messages.pop() if messages else {"type": "websocket.disconnect"}
+
+    async def send(message: Any) -> None:
+        pass
+
+    scope = {
+        "type": "websocket",
+        "path": "/ws",
+        "headers": [(b"cookie", f"session={cookie}".encode())],
+        "scheme": "wss",
+        "client": ("127.0.0.1", 1),
+    }
+    await SessionMiddleware(app, backend=middleware.backend, clock=middleware.clock)(
+        scope, receive, send
+    )
+
+
+async def test_a_session_bound_during_a_websocket_joins_its_users_index(
+    make_backend: Factory, clock: FakeClock
+) -> None:
+    """As over HTTP, without the rotation (no cookie can be sent on a socket)."""
+    backend = make_backend()
+    if isinstance(backend, HybridBackend):
+        pytest.skip("a hybrid session's socket changes land with its next refresh")
+    client = device(backend, clock, "laptop")
+    await client.get("/set?cart=1")
+    await bind_during_a_socket(client.app, client.jar["session"], "ann")
+    assert [s.user_agent for s in await backend.list_sessions("ann")] == [None]
+    await bind_during_a_socket(client.app, client.jar["session"], "bob")
+    assert await backend.list_sessions("ann") == []
+    assert [s.user_agent for s in await backend.list_sessions("bob")] == [None]
+    assert await backend.revoke_user("bob") == 1
+    assert (await client.get("/read")).json() == {}

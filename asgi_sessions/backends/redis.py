@@ -795,7 +795,9 @@ def _index_stale(record: SessionRecord, now: float, ttl: int) -> bool:
     """Whether a write of ``record`` with ``ttl`` lets a bound session live past the
     score its user's index holds for it (``d`` in the loaded ``m``): a fixed expiry
     lifted, or a deploy that raised absolute_timeout. The index must then follow, or
-    it drops (and its key expires before) a session still alive.
+    it drops (and its key expires before) a session still alive. So must it when the
+    write binds the session to another user without a rotation (a bind_user() during
+    a WebSocket), which leaves it out of that user's index.
 
     A record that carries no loaded ``m`` (the hybrid backend's, built from its access
     token) cannot be judged and is left alone, so a plain write keeps its one command:
@@ -804,7 +806,9 @@ def _index_stale(record: SessionRecord, now: float, ttl: int) -> bool:
     if record.user_id is None or "meta" not in record.extra:
         return False
     loaded = record.extra["meta"]
-    scored = loaded.get("d") if type(loaded) is dict else None
+    if type(loaded) is not dict or loaded.get("u") != record.user_id:
+        return True
+    scored = loaded.get("d")
     if (type(scored) is not float and type(scored) is not int) or not math.isfinite(scored):
         return True  # unknown: stored before the index score was kept here
     return (record.absolute_expiry or now + ttl) > scored
@@ -1592,8 +1596,8 @@ class RedisBackend:
         await self._run(self._index_add(record.user_id, record.session_id, record, now))
 
     async def _states(self, ids: Sequence[str]) -> list[_State | None]:
-        """Each session's (created, last seen, IP, user agent, user ID, alias of);
-        None for one that is gone or unreadable."""
+        """Each session's (created, last seen, IP, user agent, user ID, alias of, last
+        rotation); None for one that is gone or unreadable."""
         replies: Any = await self._run(
             asyncio.gather(*(self.client.hmget(self._key(i), ("m", "s", "a")) for i in ids))
         )
@@ -1624,7 +1628,7 @@ class RedisBackend:
                 live.append((session_id, state))
         live.sort(key=lambda item: item[1].created_at)
         others = [item for item in live if item[0] != current]
-        excess = 0 if keep_newest is None else len(others) + (current in states) - keep_newest
+        excess = 0 if keep_newest is None else len(live) - keep_newest
         if excess > 0:
             # By login, not creation: a login keeps the creation time of the
             # anonymous session it rotates, which may predate the other devices'.
