@@ -16,7 +16,15 @@ import pytest
 from redis.asyncio import Redis
 
 from asgi_sessions import BackendUnavailable, ConfigurationError, SessionMiddleware
-from asgi_sessions.backends.redis import _LOAD, _VIEW, RedisBackend, _packed_seen, _seen_list
+from asgi_sessions.backends._tokens import token_id
+from asgi_sessions.backends.redis import (
+    _INDEX,
+    _LOAD,
+    _VIEW,
+    RedisBackend,
+    _packed_seen,
+    _seen_list,
+)
 from asgi_sessions.errors import SessionTooLarge
 from asgi_sessions.msgpack_serializer import MsgpackSerializer
 from tests.asgi import Client, Response, session_app
@@ -422,6 +430,32 @@ async def test_a_bound_session_pays_for_its_index_only_when_its_deadline_moves_l
         assert score == client.app.policy.absolute_deadline(
             (await backend.load(client.jar["session"], now=clock.now)) or pytest.fail("gone")
         )
+    finally:
+        await backend.aclose()
+        await raw.aclose()
+
+
+async def test_a_bound_session_stored_without_its_index_score_is_re_scored_once(
+    private_redis: Any, clock: FakeClock
+) -> None:
+    """A session bound before ``m`` kept its index score (``d``): its first save
+    re-scores it and stores the score, later saves do not."""
+    raw = Redis.from_url(private_redis.url)
+    backend = RedisBackend(private_redis.url, prefix=f"t{uuid.uuid4().hex[:12]}:")
+    try:
+        client = client_for(backend, clock=clock)
+        await client.get("/bind?user=ann")
+        key = backend._key(token_id(client.jar["session"]))
+        meta = msgpack.unpackb(await raw.hget(key, "m"))
+        del meta["d"]
+        await raw.hset(key, "m", msgpack.packb(meta))
+        await raw.hdel(key, "x")  # the next load rebuilds the view from the fields
+        await client.get("/read")
+        for script in (_LOAD, _INDEX):  # or a first use falls back to EVAL once
+            await raw.script_load(script)
+        assert len(await commands_sent(raw, client.get("/set?k=v"))) == 3
+        assert len(await commands_sent(raw, client.get("/set?k=w"))) == 2
+        assert "d" in msgpack.unpackb(await raw.hget(key, "m"))
     finally:
         await backend.aclose()
         await raw.aclose()
