@@ -518,6 +518,40 @@ async def test_a_revoke_paused_while_the_session_rotates_still_ends_it(
     assert await backend.list_sessions("ann") == []
 
 
+@ON_REDIS
+async def test_an_eviction_paused_while_the_evicted_session_rotates_still_ends_it(
+    store: Store,
+) -> None:
+    """A login beyond max_sessions_per_user read the user's sessions, the device it
+    evicts rotated its session meanwhile, then the eviction went on: deleting only
+    the old ID (a grace alias by then) left the rotated session alive."""
+    backend = store.backend
+    evicting = PausingAdmin(
+        backend.client,
+        prefix=backend.prefix,
+        at="states",
+        max_sessions_per_user=1,
+        rotation_grace=1,
+        operation_timeout=TIMEOUT,
+    )
+    phone = Client(store.app())
+    await phone.get("/bind?user=ann")
+    laptop = Client(SessionMiddleware(session_app, backend=evicting))
+    await laptop.get("/set?cart=1")
+    async with asyncio.timeout(10):
+        login = asyncio.ensure_future(laptop.get("/bind?user=ann"))
+        await evicting.paused.wait()
+        assert issued(await phone.get("/rotate")) == [phone.jar["session"]]
+        evicting.resume.set()
+        assert (await login).json() == {"cart": "1", "user": "ann"}
+    assert (await phone.get("/read")).json() == {}
+    assert (await laptop.get("/read")).json() == {"cart": "1", "user": "ann"}
+    assert await store.live() == {token_id(laptop.jar["session"])}
+    assert [s.session_id for s in await backend.list_sessions("ann")] == [
+        token_id(laptop.jar["session"])
+    ]
+
+
 async def test_a_logout_loaded_before_a_rotation_ends_the_rotated_session(store: Store) -> None:
     """The logout request loaded the session, a parallel request rotated it, then
     the logout committed: deleting only the old ID (a grace alias by then) left the

@@ -364,3 +364,23 @@ async def test_is_grace_alias_tells_a_rotated_token_from_a_live_or_ended_one(
     assert record is not None
     await backend.delete(ended, record)
     assert not await is_grace_alias(backend, ended, now=NOW)
+
+
+async def test_delete_on_a_token_two_rotations_old_ends_the_live_session(
+    subject: Subject,
+) -> None:
+    """Logging out on a cookie two rotations old (within the grace) ends the session
+    it led to, however many rotations ago."""
+    if not subject.stateful:
+        pytest.skip("stateless tokens have no alias")
+    backend = subject.backend
+    first, _ = await create(backend, {"k": 1})
+    token = first
+    for _ in range(2):
+        loaded = await backend.load(token, now=NOW)
+        assert loaded is not None
+        token = await backend.save(token, loaded, Delta({}), now=NOW, ttl=600, rotate=True)
+    alias = await backend.load(first, now=NOW)
+    assert alias is not None
+    await backend.delete(first, alias)
+    assert await backend.load(token, now=NOW) is None

@@ -23,7 +23,15 @@ from asgi_sessions import (
     Delta,
     SessionMiddleware,
 )
-from asgi_sessions.backends.redis import _VIEW, RedisBackend, _packed_seen, _seen_list
+from asgi_sessions.backends._tokens import token_id
+from asgi_sessions.backends.redis import (
+    _INDEX,
+    _LOAD,
+    _VIEW,
+    RedisBackend,
+    _packed_seen,
+    _seen_list,
+)
 from asgi_sessions.errors import SessionGone, SessionTooLarge
 from asgi_sessions.msgpack_serializer import MsgpackSerializer
 from tests.asgi import Client, Response, session_app
@@ -601,6 +609,69 @@ async def test_command_counts(private_redis: Any, clock: FakeClock) -> None:
         assert await count("/read", cookie=b"session=" + secrets.token_urlsafe(32).encode()) == 1
         clock.advance(5 * 3600)  # refresh due: still one command, the refresh rides on the load
         assert await count("/read") == 1
+    finally:
+        await backend.aclose()
+        await raw.aclose()
+
+
+async def test_a_bound_session_pays_for_its_index_only_when_its_deadline_moves_later(
+    private_redis: Any, clock: FakeClock
+) -> None:
+    """The user's index holds each session's latest possible moment: a save or a
+    refresh that moves it later re-scores it there (one more command), and no other
+    write of a bound session touches the index."""
+    raw = Redis.from_url(private_redis.url)
+    backend = RedisBackend(private_redis.url, prefix=f"t{uuid.uuid4().hex[:12]}:")
+    try:
+        await raw.script_load(_LOAD)  # or the first refresh falls back to EVAL once
+        client = client_for(backend, clock=clock)
+        await client.get(f"/expiry?at={clock.now + 600}")
+        await client.get("/bind?user=ann")  # scored by the fixed expiry
+        await client.get("/set?k=v")
+
+        async def sent(path: str) -> list[str]:
+            return await commands_sent(raw, client.get(path))
+
+        assert len(await sent("/set?k=w")) == 2
+        assert len(await sent(f"/expiry?at={clock.now + 300}")) == 2  # earlier: no re-score
+        assert len(await sent("/expiry?s=3600")) == 3  # later: re-scored, one command more
+        assert len(await sent(f"/expiry?at={clock.now + 900}")) == 2  # within the new score
+        assert len(await sent("/expiry?s=3600")) == 2  # the score holds already
+        assert len(await sent("/set?k=y")) == 2
+        clock.advance(1800)  # refresh due: it rides on the load, under the same deadline
+        assert len(await sent("/read")) == 1
+        (score,) = [
+            s for _, s in await raw.zrange(backend._user_key("ann"), 0, -1, withscores=True)
+        ]
+        assert score == client.app.policy.absolute_deadline(
+            (await backend.load(client.jar["session"], now=clock.now)) or pytest.fail("gone")
+        )
+    finally:
+        await backend.aclose()
+        await raw.aclose()
+
+
+async def test_a_bound_session_stored_without_its_index_score_is_re_scored_once(
+    private_redis: Any, clock: FakeClock
+) -> None:
+    """A session bound before ``m`` kept its index score (``d``): its first save
+    re-scores it and stores the score, later saves do not."""
+    raw = Redis.from_url(private_redis.url)
+    backend = RedisBackend(private_redis.url, prefix=f"t{uuid.uuid4().hex[:12]}:")
+    try:
+        client = client_for(backend, clock=clock)
+        await client.get("/bind?user=ann")
+        key = backend._key(token_id(client.jar["session"]))
+        meta = msgpack.unpackb(await raw.hget(key, "m"))
+        del meta["d"]
+        await raw.hset(key, "m", msgpack.packb(meta))
+        await raw.hdel(key, "x")  # the next load rebuilds the view from the fields
+        await client.get("/read")
+        for script in (_LOAD, _INDEX):  # or a first use falls back to EVAL once
+            await raw.script_load(script)
+        assert len(await commands_sent(raw, client.get("/set?k=v"))) == 3
+        assert len(await commands_sent(raw, client.get("/set?k=w"))) == 2
+        assert "d" in msgpack.unpackb(await raw.hget(key, "m"))
     finally:
         await backend.aclose()
         await raw.aclose()

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from asgi_sessions import ExpiryPolicy, SessionMiddleware
+from asgi_sessions import ExpiryPolicy, HybridBackend, SessionMiddleware
 from asgi_sessions.backends.base import UserSessions
 from tests.asgi import Client, session_app
 from tests.conftest import FakeClock
@@ -191,3 +191,159 @@ async def test_refresh_keeps_last_seen_and_agent_current_without_a_write(
     (info,) = await backend.list_sessions("ann")
     assert info.last_seen == clock.now
     assert info.user_agent == "phone, updated"
+
+
+async def test_max_sessions_per_user_never_evicts_the_login_in_progress(
+    make_backend: Factory, clock: FakeClock
+) -> None:
+    """A login keeps the creation time of the anonymous session it rotates: a laptop
+    browsed anonymously before the phone logged in is still the one logging in."""
+    backend = make_backend(max_sessions_per_user=1)
+    laptop = device(backend, clock, "laptop")
+    await laptop.get("/set?cart=1")  # anonymous browsing, before any login
+    phone = await login(backend, clock, "phone")
+    clock.advance(1)
+    response = await laptop.get("/bind?user=ann")
+    assert response.set_cookies
+    assert (await laptop.get("/read")).json() == {"cart": "1", "user": "ann"}
+    assert [s.user_agent for s in await backend.list_sessions("ann")] == ["laptop"]
+    assert (await phone.get("/read")).json() == {}
+
+
+async def test_max_sessions_per_user_evicts_the_least_recently_logged_in(
+    make_backend: Factory, clock: FakeClock
+) -> None:
+    """The oldest session is the one that logged in longest ago, not the one whose
+    anonymous browsing started first."""
+    backend = make_backend(max_sessions_per_user=2)
+    laptop = device(backend, clock, "laptop")
+    await laptop.get("/set?cart=1")  # created first, logs in second
+    phone = await login(backend, clock, "phone")
+    clock.advance(1)
+    await laptop.get("/bind?user=ann")
+    tablet = await login(backend, clock, "tablet")
+    assert (await phone.get("/read")).json() == {}
+    assert (await laptop.get("/read")).json() == {"cart": "1", "user": "ann"}
+    assert (await tablet.get("/read")).json() == {"cart": "1", "user": "ann"}
+    listed = [s.user_agent for s in await backend.list_sessions("ann")]
+    assert listed == ["laptop", "tablet"]  # the list stays in creation order
+
+
+async def test_an_evicted_session_takes_its_grace_aliases_with_it(
+    make_backend: Factory, clock: FakeClock
+) -> None:
+    backend = make_backend(max_sessions_per_user=1, rotation_grace=30)
+    if isinstance(backend, HybridBackend):
+        pytest.skip("an old hybrid cookie's access token is stateless until it expires")
+    phone = await login(backend, clock, "phone")
+    before = phone.jar["session"]
+    await phone.get("/rotate")
+    assert (await phone.get("/read", cookie=f"session={before}".encode())).json() != {}
+    await login(backend, clock, "laptop")
+    assert (await phone.get("/read", cookie=f"session={before}".encode())).json() == {}
+    assert (await phone.get("/read")).json() == {}
+
+
+async def test_revoke_ends_grace_aliases_two_rotations_old(
+    make_backend: Factory, clock: FakeClock
+) -> None:
+    backend = make_backend(rotation_grace=30)
+    if isinstance(backend, HybridBackend):
+        pytest.skip("an old hybrid cookie's access token is stateless until it expires")
+    phone = await login(backend, clock, "phone")
+    first = phone.jar["session"]
+    await phone.get("/rotate")
+    second = phone.jar["session"]
+    await phone.get("/rotate")
+    (info,) = await backend.list_sessions("ann")
+    assert await backend.revoke(info.session_id)
+    for old in (first, second):
+        assert (await phone.get("/read", cookie=f"session={old}".encode())).json() == {}
+    assert (await phone.get("/read")).json() == {}
+
+
+async def test_a_session_whose_deadline_moves_later_stays_listed_and_revocable(
+    make_backend: Factory, clock: FakeClock
+) -> None:
+    """Bound under a fixed expiry, then back to the sliding default: the session
+    lives on, so its user's index must keep it past the first deadline."""
+    backend = make_backend()
+    client = device(backend, clock, "laptop")
+    await client.get(f"/expiry?at={clock.now + 1}")
+    await client.get("/bind?user=ann")
+    await client.get("/expiry?s=3600")
+    clock.advance(1.5)
+    if make_backend.real_time:  # type: ignore[attr-defined]
+        await asyncio.sleep(1.5)  # past the first deadline for Redis too
+    assert [s.user_agent for s in await backend.list_sessions("ann")] == ["laptop"]
+    assert await backend.revoke_user("ann") == 1
+    assert (await client.get("/read")).json() == {}
+
+
+@pytest.mark.parametrize("request_after", ["/set?cart=2", "/read"], ids=["save", "refresh"])
+async def test_raising_absolute_timeout_keeps_bound_sessions_listed(
+    make_backend: Factory, clock: FakeClock, request_after: str
+) -> None:
+    """A deploy that raises absolute_timeout lengthens the life of sessions bound
+    before it, from their next save or refresh: "sign out everywhere" must still
+    reach them."""
+    backend = make_backend()
+    client = device(backend, clock, "laptop")
+    client.app.policy = ExpiryPolicy(idle_timeout=2, absolute_timeout=2, refresh_after=1)
+    await client.get("/bind?user=ann")
+    client.app.policy = ExpiryPolicy(refresh_after=0)  # the deploy
+    await client.get(request_after)
+    clock.advance(2.5)
+    if make_backend.real_time:  # type: ignore[attr-defined]
+        await asyncio.sleep(2.5)  # past the first deadline for Redis too
+    assert [s.user_agent for s in await backend.list_sessions("ann")] == ["laptop"]
+    assert await backend.revoke_user("ann") == 1
+    assert (await client.get("/read")).json() == {}
+
+
+async def bind_during_a_socket(middleware: SessionMiddleware, cookie: str, user: str) -> None:
+    """Open a WebSocket on ``cookie``, accept it, then bind the session to ``user``
+    (committed when the socket ends, under the same ID: no cookie can be sent)."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        scope["session"].bind_user(user)
+        await send({"type": "websocket.close", "code": 1000})
+
+    messages = [{"type": "websocket.connect"}]
+
+    async def receive() -> Any:
+        return messages.pop() if messages else {"type": "websocket.disconnect"}
+
+    async def send(message: Any) -> None:
+        pass
+
+    scope = {
+        "type": "websocket",
+        "path": "/ws",
+        "headers": [(b"cookie", f"session={cookie}".encode())],
+        "scheme": "wss",
+        "client": ("127.0.0.1", 1),
+    }
+    await SessionMiddleware(app, backend=middleware.backend, clock=middleware.clock)(
+        scope, receive, send
+    )
+
+
+async def test_a_session_bound_during_a_websocket_joins_its_users_index(
+    make_backend: Factory, clock: FakeClock
+) -> None:
+    """As over HTTP, without the rotation (no cookie can be sent on a socket)."""
+    backend = make_backend()
+    if isinstance(backend, HybridBackend):
+        pytest.skip("a hybrid session's socket changes land with its next refresh")
+    client = device(backend, clock, "laptop")
+    await client.get("/set?cart=1")
+    await bind_during_a_socket(client.app, client.jar["session"], "ann")
+    assert [s.user_agent for s in await backend.list_sessions("ann")] == [None]
+    await bind_during_a_socket(client.app, client.jar["session"], "bob")
+    assert await backend.list_sessions("ann") == []
+    assert [s.user_agent for s in await backend.list_sessions("bob")] == [None]
+    assert await backend.revoke_user("bob") == 1
+    assert (await client.get("/read")).json() == {}

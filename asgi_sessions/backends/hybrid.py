@@ -354,7 +354,7 @@ class HybridBackend:
             cache_size=cache_size,
         )
         self.serializer = _BothSerializer(JSONSerializer(), store.serializer)
-        store.on_evict = self._mark_revoked
+        store.on_end = self._mark_revoked
         self.check_revocation = check_revocation
         self.revalidate = revalidate
         self._events = Emitter(None)

@@ -22,6 +22,9 @@ __all__ = ["MemoryBackend"]
 
 
 _MIN_SWEEP = 1024
+# The longest alias chain followed (rotations of one session within its grace), as
+# the Redis backend does.
+_MAX_HOPS = 8
 
 
 @dataclass(slots=True)
@@ -42,7 +45,7 @@ class MemoryBackend:
     deleted during a request, rotation with a read-only grace alias that serves the
     pre-rotation data for ``rotation_grace`` seconds (0 disables it), and the
     per-user operations of :class:`UserSessions` (with ``max_sessions_per_user``
-    evicting a user's oldest sessions).
+    ending a user's least recently logged-in sessions, never the one being bound).
 
     Expired records are swept whenever the store has doubled since the last sweep,
     so it holds at most about twice its live sessions. At most ``max_sessions``
@@ -77,9 +80,10 @@ class MemoryBackend:
         # user ID -> the IDs of that user's records (live sessions and grace aliases),
         # in creation order; pruned whenever a user's list is read or written.
         self._users: dict[str, dict[str, None]] = {}
-        # Called with the ID of each session ended by max_sessions_per_user (the
-        # hybrid backend stops their access tokens with it).
-        self.on_evict: Callable[[str], None] | None = None
+        # Called with the ID of each session this store ends that its caller did not
+        # name: evicted by max_sessions_per_user, or reached through grace aliases
+        # (the hybrid backend stops their access tokens with it).
+        self.on_end: Callable[[str], None] | None = None
         # Hooks for the events only the store sees (revoked); the middleware installs
         # its own here when this has none.
         self.events = Emitter(None)
@@ -195,12 +199,17 @@ class MemoryBackend:
         return None
 
     async def delete(self, token: str, record: SessionRecord) -> None:
-        key = token_id(token)
-        entry = self._entries.get(key)
-        if entry is not None and entry.alias_of is not None:
-            # Logging out on the old cookie during the grace ends the new session too.
-            self._drop(entry.alias_of)
-        self._drop(key)
+        key: str | None = token_id(token)
+        # Logging out on an old cookie during the grace ends the session it led to,
+        # however many rotations ago.
+        for hop in range(_MAX_HOPS + 1):
+            if key is None:
+                break
+            entry = self._entries.get(key)
+            self._drop(key)
+            if hop and self.on_end is not None:
+                self.on_end(key)
+            key = None if entry is None else entry.alias_of
 
     async def exists(self, session_id: str) -> bool:
         """Whether the session ``session_id`` is live (not ended, not expired, not a
@@ -238,13 +247,7 @@ class MemoryBackend:
             await self.events.emit(
                 SessionEvent("revoked", session_hash(session_id), entry.meta.user_id)
             )
-        user = entry.meta.user_id
-        if user is not None:
-            for key in list(self._users.get(user, ())):
-                alias = self._entries.get(key)
-                if alias is not None and alias.alias_of == session_id:
-                    self._drop(key)
-        self._drop(session_id)
+        self._end(session_id, entry.meta.user_id)
         return True
 
     async def _user_ids(self, user_id: str) -> list[str]:
@@ -328,16 +331,43 @@ class MemoryBackend:
         user = record.user_id
         if user is None:
             return
-        self._users.setdefault(user, {})[record.session_id] = None
+        current = record.session_id
+        self._users.setdefault(user, {})[current] = None
         cap = self.max_sessions_per_user
-        if cap is not None:
-            live = self._live_of(user, now)
-            for key, _ in live[: max(0, len(live) - cap)]:
-                logger.info("user's session limit reached: ended session %s", key[:12])
-                self._drop(key)
-                if self.on_evict is not None:
-                    self.on_evict(key)
-                self._evicted.append((key, user))
+        if cap is None:
+            return
+        # The session being saved is the login in progress: never evicted. The
+        # others go least recently logged in (or rotated) first; creation time would
+        # evict a login whose anonymous browsing began before the other devices'.
+        others = [item for item in self._live_of(user, now) if item[0] != current]
+        others.sort(key=lambda item: item[1].meta.rotated_at)
+        for key, _ in others[: max(0, len(others) + 1 - cap)]:
+            logger.info("user's session limit reached: ended session %s", key[:12])
+            self._end(key, user)
+            if self.on_end is not None:
+                self.on_end(key)
+            self._evicted.append((key, user))
+
+    def _end(self, key: str, user: str | None) -> None:
+        """Drop the session ``key`` with its grace aliases: the IDs it was rotated
+        from, and the ones those were rotated from (up to _MAX_HOPS)."""
+        doomed = {key}
+        if user is not None:
+            for _ in range(_MAX_HOPS):
+                more = [
+                    other
+                    for other in self._users.get(user, ())
+                    if other not in doomed
+                    and (alias := self._entries.get(other)) is not None
+                    and alias.alias_of in doomed
+                ]
+                if not more:
+                    break
+                doomed.update(more)
+        for other in doomed:
+            self._drop(other)
+            if other != key and self.on_end is not None:
+                self.on_end(other)
 
     def _unindex(self, user: str | None, key: str) -> None:
         if user is not None and user in self._users:

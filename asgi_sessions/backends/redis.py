@@ -4,7 +4,8 @@ Data model (all keys under ``prefix``, default ``asgi_sessions:``)::
 
     {prefix}s:<sha256(token) hex>     HASH, one per session (or grace alias)
         m            msgpack map: c created, r last rotation (epoch seconds), and only
-                     when set: i idle override, f fixed expiry, b browser session, u user
+                     when set: i idle override, f fixed expiry, b browser session, u user,
+                     d the score its user's index holds for it
         s            msgpack array: [last seen, client address, user agent]
         t            when the next sliding refresh is due (epoch seconds, plain text)
         z            "period idle cap": refresh period and idle timeout in seconds and
@@ -39,7 +40,10 @@ loaded, which the script keeps only if the stored view is still that one (nobody
 since), and otherwise leaves out: it merges the delta into what the other requests
 stored and rebuilds the view from the fields. So two requests that change different
 keys both land; for the same key, and for the metadata as a whole, the last commit
-wins.
+wins. A save or touch that lets a bound session live past the score its user's
+index holds for it (``d``: a lifted fixed expiry, a raised absolute_timeout) first
+re-scores it there, one more single-key command for that write only; the index key's
+TTL follows its highest score.
 
 Size: a save whose view, not counting its ``s`` entry, would be over the serializer's
 ``max_size`` raises :class:`SessionTooLarge` and writes nothing (a merge checks the
@@ -808,6 +812,54 @@ def _meta_map(record: SessionRecord) -> dict[str, Any]:
     return meta
 
 
+def _index_score(record: SessionRecord, now: float) -> float:
+    """The score of a bound session in its user's index: the latest moment it can
+    live (activity never moves the absolute deadline)."""
+    return record.absolute_expiry or now + 366 * 86400
+
+
+def _index_stale(record: SessionRecord, now: float, ttl: int) -> bool:
+    """Whether a write of ``record`` with ``ttl`` lets a bound session live past the
+    score its user's index holds for it (``d`` in the loaded ``m``): a fixed expiry
+    lifted, or a deploy that raised absolute_timeout. The index must then follow, or
+    it drops (and its key expires before) a session still alive. So must it when the
+    write binds the session to another user without a rotation (a bind_user() during
+    a WebSocket), which leaves it out of that user's index.
+
+    A record that carries no loaded ``m`` (the hybrid backend's, built from its access
+    token) cannot be judged and is left alone, so a plain write keeps its one command:
+    the hybrid's refresh rotates the session, which re-scores it. Until then, a hybrid
+    session whose deadline moved later can drop out of its user's index."""
+    if record.user_id is None or "meta" not in record.extra:
+        return False
+    loaded = record.extra["meta"]
+    if type(loaded) is not dict or loaded.get("u") != record.user_id:
+        return True
+    scored = loaded.get("d")
+    if (type(scored) is not float and type(scored) is not int) or not math.isfinite(scored):
+        return True  # unknown: stored before the index score was kept here
+    return (record.absolute_expiry or now + ttl) > scored
+
+
+def _score_meta(
+    meta: dict[str, Any], record: SessionRecord, now: float, ttl: int, *, new: bool
+) -> bool:
+    """Enter in ``meta`` (as ``d``) the score the user's index holds for the bound
+    session after this save; True when the save must re-score it (_index_stale)."""
+    if record.user_id is None:
+        return False
+    if new:
+        meta["d"] = _index_score(record, now)  # the save enters it in the index
+        return False
+    if _index_stale(record, now, ttl):
+        meta["d"] = _index_score(record, now)
+        return True
+    loaded = record.extra.get("meta")
+    if type(loaded) is dict and "d" in loaded:
+        meta["d"] = loaded["d"]  # unknown stays unknown: see _index_stale
+    return False
+
+
 def _next_due(record: SessionRecord) -> float | None:
     """When the saved session's next sliding refresh is due; None: it never slides."""
     if record.sliding is None or record.absolute_expiry is None:
@@ -879,6 +931,7 @@ class _State(NamedTuple):
     user_agent: str | None
     user_id: str | None
     alias_of: str | None
+    rotated_at: float  # the last ID rotation: a login (bind_user rotates) or later
 
 
 def _state(meta: bytes | None, seen: bytes | None, alias: bytes | None) -> _State | None:
@@ -887,13 +940,37 @@ def _state(meta: bytes | None, seen: bytes | None, alias: bytes | None) -> _Stat
     if meta is None or seen is None:
         return None
     try:
-        created, _, _, _, _, user_id = _meta(_unpackb(meta))
+        created, rotated, _, _, _, user_id = _meta(_unpackb(meta))
         last_seen, ip, user_agent = _seen(_unpackb(seen))
     except Exception:  # any decode failure: msgpack raises several types
         return None
     return _State(
-        created, last_seen, ip, user_agent, user_id, None if alias is None else _id(alias)
+        created,
+        last_seen,
+        ip,
+        user_agent,
+        user_id,
+        None if alias is None else _id(alias),
+        rotated,
     )
+
+
+def _aliases_into(ids: set[str], states: dict[str, _State | None]) -> list[str]:
+    """The members of ``states`` that are grace aliases of one of ``ids``, or of one
+    of those, and so on (up to _MAX_HOPS rotations back)."""
+    found: list[str] = []
+    targets = set(ids)
+    for _ in range(_MAX_HOPS):
+        more = [
+            session_id
+            for session_id, state in states.items()
+            if state is not None and state.alias_of in targets and session_id not in targets
+        ]
+        if not more:
+            break
+        found += more
+        targets.update(more)
+    return found
 
 
 # Strings packed on every save: session key names, client addresses and user agents
@@ -968,8 +1045,9 @@ class RedisBackend:
 
     ``rotation_grace`` seconds (0 disables it): how long a rotated-away token keeps
     reading the pre-rotation data, read-only, so parallel requests of the same
-    browser are not logged out. ``max_sessions_per_user`` evicts a user's oldest
-    sessions beyond that number. Values are stored with ``serializer`` (msgpack by
+    browser are not logged out. ``max_sessions_per_user`` ends a user's sessions
+    beyond that number, the least recently logged in (or rotated) first, never the
+    one being bound. Values are stored with ``serializer`` (msgpack by
     default), which refuses unstorable values when they are set.
     """
 
@@ -1052,9 +1130,10 @@ class RedisBackend:
         self._watchdog: _Watchdog | None = None
         self._ids: dict[str, str] = {}
         self._views: dict[bytes, tuple[Any, ...]] = {}
-        # Called with the ID of each session ended by max_sessions_per_user (the
-        # hybrid backend stops their access tokens with it).
-        self.on_evict: Callable[[str], None] | None = None
+        # Called with the ID of each session this store ends that its caller did not
+        # name: evicted by max_sessions_per_user, or reached through grace aliases
+        # (the hybrid backend stops their access tokens with it).
+        self.on_end: Callable[[str], None] | None = None
         # Hooks for the events only the store sees (revoked); the middleware installs
         # its own here when this has none.
         self.events = Emitter(None)
@@ -1301,6 +1380,7 @@ class RedisBackend:
         entry = self._views.get(loaded) if loaded else None
         known: dict[str, bytes] | None = entry[13] if entry is not None else None
         meta = _meta_map(record)
+        reindex = _score_meta(meta, record, now, ttl, new=token is None or rotate)
         seen_list = _seen_list(record.last_seen, record.ip, record.user_agent)
         seen = _packed_seen(seen_list)
         fields: list[bytes] = [b"s", seen]
@@ -1372,6 +1452,8 @@ class RedisBackend:
         count = len(fields) // 2
         ttl_ms = ttl * 1000
         if token is not None and not rotate:
+            if reindex:
+                await self._reindex(record, now)
             mode = b"r" if delta.replace else b"u"
             result = await self._run(
                 _save(
@@ -1457,7 +1539,9 @@ class RedisBackend:
         record.extra = {"meta": meta, "view": view if retired == 1 else b""}
         self._remember(new_id, due)
         if user is not None:
-            await self._prune(user, _ids(members), now, keep_newest=self.max_sessions_per_user)
+            await self._prune(
+                user, _ids(members), now, keep_newest=self.max_sessions_per_user, current=new_id
+            )
         return new
 
     async def _retire(
@@ -1545,6 +1629,11 @@ class RedisBackend:
         await self._run(asyncio.gather(*cleanup))
 
     async def touch(self, token: str, record: SessionRecord, *, now: float, ttl: int) -> str | None:
+        if _index_stale(record, now, ttl):
+            # A touch leaves ``m`` alone (a metadata write here could undo a parallel
+            # request's), so until a save stores the new score each such touch pays
+            # this command.
+            await self._reindex(record, now)
         due = _next_due(record)
         result = await self._run(
             _touch(
@@ -1602,6 +1691,9 @@ class RedisBackend:
         for _ in range(_MAX_HOPS):
             if not rotated:
                 break
+            if self.on_end is not None:
+                for session_id in rotated:
+                    self.on_end(session_id)
             more = await self._run(
                 asyncio.gather(*(_end(self.client, self._key(i)) for i in rotated))
             )
@@ -1613,42 +1705,66 @@ class RedisBackend:
     ) -> Awaitable[Any]:
         """Enter ``session_id`` in the user's index (pruning expired members); the
         script answers every member."""
-        # The index score is the latest the session can live (activity never moves
-        # the absolute deadline), so pruning by score never drops a live session.
-        score = record.absolute_expiry or now + 366 * 86400
+        # The score is the latest the session can live, so pruning by score never
+        # drops a live session, and the index key outlives every member; a write
+        # that moves that moment later re-scores it (_reindex).
+        score = _index_score(record, now)
         return _index(self.client, self._user_key(user_id), session_id, repr(score), repr(now), "")
 
+    async def _reindex(self, record: SessionRecord, now: float) -> None:
+        """Re-score a bound session whose deadline a save or touch is about to move
+        later: one more single-key command (in the index key's Cluster slot), paid
+        only then. It runs before that write, so a failure (raised) leaves the
+        session as it was, and the next write tries again; a write that then finds
+        the session gone leaves a dead member, which the next prune drops."""
+        assert record.user_id is not None
+        await self._run(self._index_add(record.user_id, record.session_id, record, now))
+
     async def _states(self, ids: Sequence[str]) -> list[_State | None]:
-        """Each session's (created, last seen, IP, user agent, user ID, alias of);
-        None for one that is gone or unreadable."""
+        """Each session's (created, last seen, IP, user agent, user ID, alias of, last
+        rotation); None for one that is gone or unreadable."""
         replies: Any = await self._run(
             asyncio.gather(*(self.client.hmget(self._key(i), ("m", "s", "a")) for i in ids))
         )
         return [_state(*reply) for reply in replies]
 
     async def _prune(
-        self, user_id: str, ids: Sequence[str], now: float, *, keep_newest: int | None = None
+        self,
+        user_id: str,
+        ids: Sequence[str],
+        now: float,
+        *,
+        keep_newest: int | None = None,
+        current: str | None = None,
     ) -> list[tuple[str, _State]]:
-        """Drop index members whose session is gone or belongs to someone else, evict
-        beyond ``keep_newest``; returns the live sessions, oldest first."""
+        """Drop index members whose session is gone or belongs to someone else; with
+        ``keep_newest``, end the least recently logged-in (or rotated) sessions
+        beyond that number, never ``current`` (the login being saved); returns the
+        live sessions, oldest first."""
         if not ids:
             return []
-        states = await self._states(ids)
+        states = dict(zip(ids, await self._states(ids), strict=True))
         live = []
         dead = []
-        for session_id, state in zip(ids, states, strict=True):
+        for session_id, state in states.items():
             if state is None or (state.user_id is not None and state.user_id != user_id):
                 dead.append(session_id)
             elif state.alias_of is None:
                 live.append((session_id, state))
         live.sort(key=lambda item: item[1].created_at)
-        if keep_newest is not None and len(live) > keep_newest:
-            evicted = live[: len(live) - keep_newest]
-            live = live[len(live) - keep_newest :]
+        others = [item for item in live if item[0] != current]
+        excess = 0 if keep_newest is None else len(live) - keep_newest
+        if excess > 0:
+            # By login, not creation: a login keeps the creation time of the
+            # anonymous session it rotates, which may predate the other devices'.
+            others.sort(key=lambda item: item[1].rotated_at)
+            evicted = others[:excess]
+            gone = {i for i, _ in evicted}
+            live = [item for item in live if item[0] not in gone]
             for session_id, _ in evicted:
                 logger.info("user's session limit reached: ended session %s", session_id[:12])
-                if self.on_evict is not None:
-                    self.on_evict(session_id)
+                if self.on_end is not None:
+                    self.on_end(session_id)
                 if self.events:
                     await self.events.emit(
                         SessionEvent(
@@ -1658,8 +1774,11 @@ class RedisBackend:
                             reason="session limit per user",
                         )
                     )
-            await self._run(asyncio.gather(*(self.client.delete(self._key(i)) for i, _ in evicted)))
-            dead += [i for i, _ in evicted]
+            # Ended as a revoke ends them: with their grace aliases, and through _end,
+            # so a rotation racing the eviction does not leave its new session alive.
+            aliases = _aliases_into(gone, states)
+            await self._end(list(gone), also=[self.client.delete(self._key(i)) for i in aliases])
+            dead += [*gone, *aliases]
         if dead:
             await self._run(self.client.zrem(self._user_key(user_id), *dead))
         return live
@@ -1699,12 +1818,8 @@ class RedisBackend:
         if owner is not None:
             members = await self._members(owner)
             others = [m for m in members if m != session_id]
-            states = await self._states(others)
-            doomed += [
-                m
-                for m, other in zip(others, states, strict=True)
-                if other is not None and other.alias_of == session_id
-            ]
+            states = dict(zip(others, await self._states(others), strict=True))
+            doomed += _aliases_into({session_id}, states)
         deleted = await self._end(doomed)
         if owner is not None:
             await self._run(self.client.zrem(self._user_key(owner), *doomed))
