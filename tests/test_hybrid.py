@@ -85,6 +85,29 @@ async def test_round_trip_and_a_refresh_rotates_the_refresh_token(
     assert (await client.get("/read")).json() == {"k": "v"}
 
 
+async def test_a_refresh_is_one_refreshed_and_one_rotated_event(
+    store: Any, clock: FakeClock
+) -> None:
+    """With the middleware's hooks (which it installs in the backend), a refresh is
+    reported once as ``refreshed`` (the middleware's touch) and once as ``rotated``
+    (the refresh token's new ID, naming the old one); both the middleware and the
+    backend reported ``refreshed`` for it."""
+    events: list[SessionEvent] = []
+    backend = hybrid(store, clock)
+    client = Client(
+        SessionMiddleware(session_app, backend=backend, clock=clock, on_event=events.append)
+    )
+    await client.get("/set?k=v")
+    created = events[-1].session
+    events.clear()
+    clock.advance(ACCESS + 1)
+    assert (await client.get("/read")).json() == {"k": "v"}
+    assert sorted(e.name for e in events) == ["refreshed", "rotated"]
+    rotated = next(e for e in events if e.name == "rotated")
+    assert rotated.previous == created
+    assert rotated.session != created
+
+
 async def test_writes_go_to_the_store_and_reissue_the_access_token(
     store: Any, clock: FakeClock
 ) -> None:

@@ -459,9 +459,16 @@ class HybridBackend:
                 self._mark_rotated(old_id, now)
         record.extra[_REFRESH] = new
         record.extra[_FAMILY] = family
-        if refreshing:
+        if refreshing and not rotate:
+            # The session got a new ID; the middleware reports the refresh itself
+            # (its touch), and a rotation it asked for (rotate).
             await self._event(
-                "refreshed", record, record.ip, record.user_agent, "refresh token rotated"
+                "rotated",
+                record,
+                record.ip,
+                record.user_agent,
+                "refresh token rotated",
+                previous=session_hash(old_id),
             )
         return self._issue(record, new, now, ttl, raw)
 
@@ -729,10 +736,17 @@ class HybridBackend:
         ip: str | None,
         user_agent: str | None,
         reason: str | None = None,
+        previous: str | None = None,
     ) -> None:
         if self._events:
             await self._events.emit(
                 SessionEvent(
-                    name, session_hash(record.session_id), record.user_id, ip, user_agent, reason
+                    name,
+                    session_hash(record.session_id),
+                    record.user_id,
+                    ip,
+                    user_agent,
+                    reason,
+                    previous,
                 )
             )
