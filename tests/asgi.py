@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
+import pytest
+
 from asgi_sessions import SessionMiddleware
 from asgi_sessions.backends.base import Delta, SessionBackend, SessionRecord
 from asgi_sessions.errors import InvalidToken
@@ -145,6 +147,17 @@ def http_scope(path: str, query: str, headers: list[tuple[bytes, bytes]]) -> dic
     }
 
 
+def websocket_scope(cookie: bytes) -> dict[str, Any]:
+    """The scope of a WSS connection to /ws from 127.0.0.1 with this Cookie header."""
+    return {
+        "type": "websocket",
+        "path": "/ws",
+        "headers": [(b"cookie", cookie)],
+        "scheme": "wss",
+        "client": ("127.0.0.1", 1),
+    }
+
+
 @dataclass
 class Client:
     """Drives an ASGI app in-process, keeping cookies like a browser would."""
@@ -190,3 +203,15 @@ def make(backend: SessionBackend | None = None, **settings: Any) -> tuple[Client
     recording = Recording(backend if backend is not None else MemoryBackend())
     app = SessionMiddleware(session_app, backend=recording, **settings)  # type: ignore[arg-type]
     return Client(app), recording
+
+
+async def get_failing(client: Client, path: str) -> None:
+    """GET ``path`` of session_app, ``/fail500`` (a 500) or ``/raise`` (the app raises,
+    and the exception reaches the server): either way no cookie is set."""
+    if path == "/raise":
+        with pytest.raises(RuntimeError):
+            await client.get(path)
+        return
+    response = await client.get(path)
+    assert response.status == 500
+    assert response.set_cookies == []

@@ -26,7 +26,7 @@ from asgi_sessions import (
 from asgi_sessions.backends.base import Delta, SessionRecord
 from asgi_sessions.backends.redis import RedisBackend
 from asgi_sessions.events import SessionEvent
-from tests.asgi import Client, session_app
+from tests.asgi import Client, get_failing, session_app, websocket_scope
 from tests.conftest import FakeClock
 from tests.redis_monitor import commands_sent
 
@@ -36,15 +36,20 @@ SECRET = "hybrid-test-secret-of-at-least-32-bytes!"
 ACCESS = 900
 
 
+def make_store(
+    request: pytest.FixtureRequest, clock: FakeClock, grace: int
+) -> RedisBackend | MemoryBackend:
+    if request.param == "memory":
+        return MemoryBackend(clock=clock, rotation_grace=grace)
+    url = request.getfixturevalue("redis_url")
+    return RedisBackend(url, prefix=f"h{uuid.uuid4().hex[:12]}:", rotation_grace=grace)
+
+
 @pytest.fixture(params=["memory", "redis"])
 async def store(
     request: pytest.FixtureRequest, clock: FakeClock
 ) -> AsyncIterator[RedisBackend | MemoryBackend]:
-    if request.param == "memory":
-        yield MemoryBackend(clock=clock, rotation_grace=5)
-        return
-    url = request.getfixturevalue("redis_url")
-    backend = RedisBackend(url, prefix=f"h{uuid.uuid4().hex[:12]}:", rotation_grace=5)
+    backend = make_store(request, clock, 5)
     yield backend
     await backend.aclose()
 
@@ -638,11 +643,7 @@ async def quick_store(
 ) -> AsyncIterator[RedisBackend | MemoryBackend]:
     """A store with a one-second rotation grace, so the cases that wait it out on
     Redis (whose clock is real) stay short."""
-    if request.param == "memory":
-        yield MemoryBackend(clock=clock, rotation_grace=1)
-        return
-    url = request.getfixturevalue("redis_url")
-    backend = RedisBackend(url, prefix=f"h{uuid.uuid4().hex[:12]}:", rotation_grace=1)
+    backend = make_store(request, clock, 1)
     yield backend
     await backend.aclose()
 
@@ -672,13 +673,7 @@ async def test_a_failed_refreshing_request_leaves_the_pair_valid(
     await client.get("/bind?user=ann")
     first = client.jar["session"]
     clock.advance(ACCESS + 1)
-    if path == "/raise":
-        with pytest.raises(RuntimeError):
-            await client.get(path)
-    else:
-        response = await client.get(path)
-        assert response.status == 500
-        assert response.set_cookies == []
+    await get_failing(client, path)
     await past_grace(quick_store, clock)
     response = await client.get("/read")  # the same browser, still with the first pair
     assert response.json() == {"user": "ann"}
@@ -720,13 +715,7 @@ async def test_a_socket_refused_before_accept_leaves_the_pair_valid(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "websocket",
-        "path": "/ws",
-        "headers": [(b"cookie", f"session={cookie}".encode())],
-        "scheme": "wss",
-        "client": ("127.0.0.1", 1),
-    }
+    scope = websocket_scope(f"session={cookie}".encode())
     await SessionMiddleware(refuse, backend=backend, clock=clock)(scope, receive, send)
     assert [m["type"] for m in sent] == ["websocket.close"]
     await past_grace(quick_store, clock)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from asgi_sessions import ConfigurationError, MemoryBackend, SessionMiddleware
-from tests.asgi import Client, make, session_app
+from tests.asgi import Client, get_failing, make, session_app
 from tests.conftest import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -141,13 +141,7 @@ async def test_untouched_and_read_sessions_write_nothing() -> None:
 @pytest.mark.parametrize("path", ["/fail500", "/raise"])
 async def test_nothing_is_saved_on_5xx_or_exception(path: str) -> None:
     client, backend = make()
-    if path == "/raise":
-        with pytest.raises(RuntimeError):
-            await client.get(path)
-    else:
-        response = await client.get(path)
-        assert response.status == 500
-        assert response.set_cookies == []
+    await get_failing(client, path)
     assert backend.calls == []
     assert len(backend.inner) == 0  # type: ignore[arg-type]
 

@@ -14,7 +14,7 @@ import pytest
 
 from asgi_sessions import ExpiryPolicy, HybridBackend, SessionMiddleware
 from asgi_sessions.backends.base import UserSessions
-from tests.asgi import Client, session_app
+from tests.asgi import Client, session_app, websocket_scope
 from tests.conftest import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -319,13 +319,7 @@ async def bind_during_a_socket(middleware: SessionMiddleware, cookie: str, user:
     async def send(message: Any) -> None:
         pass
 
-    scope = {
-        "type": "websocket",
-        "path": "/ws",
-        "headers": [(b"cookie", f"session={cookie}".encode())],
-        "scheme": "wss",
-        "client": ("127.0.0.1", 1),
-    }
+    scope = websocket_scope(f"session={cookie}".encode())
     await SessionMiddleware(app, backend=middleware.backend, clock=middleware.clock)(
         scope, receive, send
     )

@@ -10,7 +10,7 @@ import pytest
 
 from asgi_sessions import MemoryBackend, SessionMiddleware, SessionRevoked
 from asgi_sessions.backends.redis import RedisBackend
-from tests.asgi import Client, session_app
+from tests.asgi import Client, session_app, websocket_scope
 
 pytestmark = pytest.mark.anyio
 
@@ -53,13 +53,7 @@ async def socket_after_revocation(backend: Any, interval: float | None) -> list[
     async def send(message: Any) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "websocket",
-        "path": "/ws",
-        "headers": [(b"cookie", cookie)],
-        "scheme": "wss",
-        "client": ("127.0.0.1", 1),
-    }
+    scope = websocket_scope(cookie)
     task = asyncio.ensure_future(middleware(scope, receive, send))
     await asyncio.wait_for(opened.wait(), 5)
     assert await backend.revoke_user("ann") == 1
