@@ -608,6 +608,33 @@ async def test_a_logout_right_after_a_refresh_ends_the_previous_pairs_at_once(
     assert await backend.list_sessions("ann") == []
 
 
+async def test_a_logout_here_stops_the_access_tokens_of_the_aliases_it_ended(
+    redis_url: str, clock: FakeClock
+) -> None:
+    """The store reports each grace alias a logout ended through it (``on_end``), and
+    this process refuses their access tokens at once, as it does the session's own:
+    here a login rotated in another process, whose pre-login pair's access token is
+    still valid and would otherwise be answered from the token alone here."""
+    prefix = f"h{uuid.uuid4().hex[:12]}:"
+    stores = [RedisBackend(redis_url, prefix=prefix, rotation_grace=5) for _ in range(2)]
+    try:
+        here, there = (hybrid(store, clock) for store in stores)
+        browser = client_for(there, clock)
+        await browser.get("/set?cart=1")
+        anonymous = f"session={browser.jar['session']}".encode()
+        await browser.get("/bind?user=ann")  # the login rotates, in the other process
+        app = client_for(here, clock).app
+        assert (await Client(app).get("/read", cookie=anonymous)).json() == {"cart": "1"}
+        logout = await Client(app).get(
+            "/invalidate", cookie=f"session={browser.jar['session']}".encode()
+        )
+        assert any("Max-Age=0" in c for c in logout.set_cookies)
+        assert (await Client(app).get("/read", cookie=anonymous)).json() == {}
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
 async def test_many_revocations_never_let_a_revoked_access_token_back_in(
     store: Any, clock: FakeClock
 ) -> None:
