@@ -458,3 +458,26 @@ async def test_delete_ends_only_aliases_that_still_lead_to_the_session(subject: 
     assert await backend.load(second, now=now) is None
     assert await backend.load(third, now=now) is None
     assert await backend.load(bystander_new, now=now) is not None
+
+
+@pytest.mark.parametrize("which", [0, 1])
+async def test_delete_on_any_alias_of_a_chain_ends_the_whole_chain(
+    subject: Subject, which: int
+) -> None:
+    """Two rotations in the grace (A -> B -> C): logging out on A or B ends C, and
+    every alias that leads to it, not only those after the cookie used."""
+    if not subject.stateful:
+        pytest.skip("stateless tokens have no alias")
+    backend = subject.backend
+    tokens = [(await create(backend, {"user": "ann"}))[0]]
+    for _ in range(2):
+        loaded = await backend.load(tokens[-1], now=NOW)
+        assert loaded is not None
+        tokens.append(
+            await backend.save(tokens[-1], loaded, Delta({}), now=NOW, ttl=600, rotate=True)
+        )
+    alias = await backend.load(tokens[which], now=NOW + 0.5)
+    assert alias is not None
+    await backend.delete(tokens[which], alias)
+    for token in tokens:
+        assert await backend.load(token, now=NOW + 0.5) is None

@@ -205,16 +205,21 @@ class MemoryBackend:
     async def delete(self, token: str, record: SessionRecord) -> None:
         named = key = token_id(token)
         # Logging out on an old cookie during the grace ends the session it led to,
-        # however many rotations ago; _end then takes the aliases that lead to it.
+        # however many rotations ago, and _end every alias that leads to it (the ones
+        # before this cookie's too).
+        passed = []
         for _ in range(_MAX_HOPS):
             entry = self._entries.get(key)
             if entry is None or entry.alias_of is None:
                 break
-            self._drop(key)
-            if self.on_end is not None and key != named:
-                self.on_end(key)
+            passed.append(key)
             key = entry.alias_of
-        self._end(key, None, named=key == named)
+        self._end(key, None, named=named)
+        for other in passed:
+            if other in self._entries:  # not reached back from the session (expired links)
+                self._drop(other)
+                if other != named and self.on_end is not None:
+                    self.on_end(other)
 
     async def exists(self, session_id: str) -> bool:
         """Whether the session ``session_id`` is live (not ended, not expired, not a
@@ -353,12 +358,15 @@ class MemoryBackend:
                 self.on_end(key)
             self._evicted.append((key, user))
 
-    def _end(self, key: str, user: str | None, *, named: bool = True) -> None:
+    def _end(self, key: str, user: str | None, *, named: str | None = None) -> None:
         """Drop the session ``key`` with its grace aliases: the IDs it was rotated
         from, and the ones those were rotated from (up to _MAX_HOPS), found through
         each session's ``previous`` and, for a bound one, its user's index. A
-        ``previous`` counts only while it is still the alias of that session.
-        ``named``: the caller named ``key`` (no on_end for it)."""
+        ``previous`` counts only while it is still the alias of that session. Every
+        ID ended but ``named`` (the one the caller named, ``key`` by default) goes to
+        on_end."""
+        if named is None:
+            named = key
         doomed = {key}
         newer = key
         for _ in range(_MAX_HOPS):
@@ -383,7 +391,7 @@ class MemoryBackend:
                 doomed.update(more)
         for other in doomed:
             self._drop(other)
-            if (other != key or not named) and self.on_end is not None:
+            if other != named and self.on_end is not None:
                 self.on_end(other)
 
     def _unindex(self, user: str | None, key: str) -> None:
