@@ -384,3 +384,100 @@ async def test_delete_on_a_token_two_rotations_old_ends_the_live_session(
     assert alias is not None
     await backend.delete(first, alias)
     assert await backend.load(token, now=NOW) is None
+
+
+@pytest.mark.parametrize("rotations", [1, 2])
+async def test_delete_of_a_rotated_session_ends_its_grace_aliases(
+    subject: Subject, rotations: int
+) -> None:
+    """Logging out within the grace ends the IDs the session was rotated from too:
+    an alias exists only so the browser's parallel requests survive the rotation,
+    and once the session it leads to has ended it must not serve that session."""
+    if not subject.stateful:
+        pytest.skip("stateless tokens have no alias")
+    backend = subject.backend
+    other, _ = await create(backend, {"other": 1})
+    other_loaded = await backend.load(other, now=NOW)
+    assert other_loaded is not None
+    other_new = await backend.save(other, other_loaded, Delta({}), now=NOW, ttl=600, rotate=True)
+    tokens = [(await create(backend, {"user": "ann"}))[0]]
+    for _ in range(rotations):
+        loaded = await backend.load(tokens[-1], now=NOW)
+        assert loaded is not None
+        tokens.append(
+            await backend.save(tokens[-1], loaded, Delta({}), now=NOW, ttl=600, rotate=True)
+        )
+    for old in tokens[:-1]:
+        alias = await backend.load(old, now=NOW + 0.5)
+        assert alias is not None
+        assert alias.read_only
+    current = await backend.load(tokens[-1], now=NOW + 0.5)
+    assert current is not None
+    await backend.delete(tokens[-1], current)
+    for token in tokens:
+        assert await backend.load(token, now=NOW + 0.5) is None
+    # Another session's alias and its live session are untouched.
+    other_alias = await backend.load(other, now=NOW + 0.5)
+    assert other_alias is not None
+    assert other_alias.read_only
+    assert await backend.load(other_new, now=NOW + 0.5) is not None
+
+
+async def test_delete_ends_only_aliases_that_still_lead_to_the_session(subject: Subject) -> None:
+    """A rotation's back-pointer that no longer leads anywhere (its alias ended, or
+    expired and the session rotated again) ends nothing else: a parallel rotation
+    that lost the race left no trace, and another session's alias survives."""
+    if not subject.stateful:
+        pytest.skip("stateless tokens have no alias")
+    backend = subject.backend
+    first, _ = await create(backend, {"k": 1})
+    first_a = await backend.load(first, now=NOW)
+    first_b = await backend.load(first, now=NOW)
+    assert first_a is not None
+    assert first_b is not None
+    second = await backend.save(first, first_a, Delta({}), now=NOW, ttl=600, rotate=True)
+    with pytest.raises(SessionGone):
+        # A parallel request's rotation of the same session loses: no new session.
+        await backend.save(first, first_b, Delta({}), now=NOW, ttl=600, rotate=True)
+    bystander, _ = await create(backend, {"b": 1})
+    bystander_loaded = await backend.load(bystander, now=NOW)
+    assert bystander_loaded is not None
+    bystander_new = await backend.save(
+        bystander, bystander_loaded, Delta({}), now=NOW, ttl=600, rotate=True
+    )
+    # The first alias goes with the grace (not loaded here: on the hybrid backend a
+    # spent refresh token after its grace is a reuse, which revokes the family); the
+    # session rotates again after it.
+    now = await subject.later(1.2)
+    loaded = await backend.load(second, now=now)
+    assert loaded is not None
+    third = await backend.save(second, loaded, Delta({}), now=now, ttl=600, rotate=True)
+    current = await backend.load(third, now=now)
+    assert current is not None
+    await backend.delete(third, current)
+    assert await backend.load(second, now=now) is None
+    assert await backend.load(third, now=now) is None
+    assert await backend.load(bystander_new, now=now) is not None
+
+
+@pytest.mark.parametrize("which", [0, 1])
+async def test_delete_on_any_alias_of_a_chain_ends_the_whole_chain(
+    subject: Subject, which: int
+) -> None:
+    """Two rotations in the grace (A -> B -> C): logging out on A or B ends C, and
+    every alias that leads to it, not only those after the cookie used."""
+    if not subject.stateful:
+        pytest.skip("stateless tokens have no alias")
+    backend = subject.backend
+    tokens = [(await create(backend, {"user": "ann"}))[0]]
+    for _ in range(2):
+        loaded = await backend.load(tokens[-1], now=NOW)
+        assert loaded is not None
+        tokens.append(
+            await backend.save(tokens[-1], loaded, Delta({}), now=NOW, ttl=600, rotate=True)
+        )
+    alias = await backend.load(tokens[which], now=NOW + 0.5)
+    assert alias is not None
+    await backend.delete(tokens[which], alias)
+    for token in tokens:
+        assert await backend.load(token, now=NOW + 0.5) is None

@@ -575,6 +575,71 @@ async def test_logout_on_the_old_pair_in_the_grace_stops_the_new_access_token_he
     assert (await Client(app).get("/read", cookie=new)).json() == {}
 
 
+async def test_a_logout_right_after_a_refresh_ends_the_previous_pairs_at_once(
+    store: Any, clock: FakeClock
+) -> None:
+    """Found in review: each refresh rotates the refresh token, so the previous pair's
+    grace alias holds the session's current data, and after a logout within the grace
+    a copy of that pair still read it (the user, a secret) until the grace ended. The
+    logout now ends the aliases that lead to the session, however many rotations back,
+    in the store: another process (a second backend) finds nothing there either."""
+    backend = hybrid(store, clock)
+    app = client_for(backend, clock).app
+    browser = Client(app)
+    await browser.get("/set?cart=1")
+    anonymous = f"session={browser.jar['session']}".encode()
+    await browser.get("/bind?user=ann")  # a login rotates
+    await browser.get("/set?secret=card-4242")
+    login = f"session={browser.jar['session']}".encode()
+    clock.advance(ACCESS + 1)
+    assert (await browser.get("/read")).json() == {
+        "cart": "1",
+        "user": "ann",
+        "secret": "card-4242",
+    }
+    refreshed = f"session={browser.jar['session']}".encode()
+    assert refreshed != login
+    other = hybrid(store, clock)  # another process, which revoked nothing itself
+    assert (await Client(client_for(other, clock).app).get("/read", cookie=login)).json()
+    clock.advance(1)
+    logout = await browser.get("/invalidate")
+    assert any("Max-Age=0" in c for c in logout.set_cookies)
+    for cookie in (refreshed, login, anonymous):
+        assert (await Client(app).get("/read", cookie=cookie)).json() == {}
+    # Elsewhere the live pair's access token serves its copy until it expires (see
+    # check_revocation); the spent ones reach the store, which holds nothing now.
+    for cookie in (login, anonymous):
+        assert (await Client(client_for(other, clock).app).get("/read", cookie=cookie)).json() == {}
+    assert await backend.list_sessions("ann") == []
+
+
+async def test_a_logout_here_stops_the_access_tokens_of_the_aliases_it_ended(
+    redis_url: str, clock: FakeClock
+) -> None:
+    """The store reports each grace alias a logout ended through it (``on_end``), and
+    this process refuses their access tokens at once, as it does the session's own:
+    here a login rotated in another process, whose pre-login pair's access token is
+    still valid and would otherwise be answered from the token alone here."""
+    prefix = f"h{uuid.uuid4().hex[:12]}:"
+    stores = [RedisBackend(redis_url, prefix=prefix, rotation_grace=5) for _ in range(2)]
+    try:
+        here, there = (hybrid(store, clock) for store in stores)
+        browser = client_for(there, clock)
+        await browser.get("/set?cart=1")
+        anonymous = f"session={browser.jar['session']}".encode()
+        await browser.get("/bind?user=ann")  # the login rotates, in the other process
+        app = client_for(here, clock).app
+        assert (await Client(app).get("/read", cookie=anonymous)).json() == {"cart": "1"}
+        logout = await Client(app).get(
+            "/invalidate", cookie=f"session={browser.jar['session']}".encode()
+        )
+        assert any("Max-Age=0" in c for c in logout.set_cookies)
+        assert (await Client(app).get("/read", cookie=anonymous)).json() == {}
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
 async def test_many_revocations_never_let_a_revoked_access_token_back_in(
     store: Any, clock: FakeClock
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from asgi_sessions import ConfigurationError, Delta, MemoryBackend, SessionRecord
+from asgi_sessions.backends._tokens import token_id
 
 pytestmark = pytest.mark.anyio
 NOW = 1_700_000_000.0
@@ -79,3 +80,29 @@ async def test_abandoned_sessions_do_not_pile_up() -> None:
         sizes.append(len(backend))
     assert max(sizes[10_000:]) <= 2 * 1_000 + 1024
     assert max(sizes) < 5_000
+
+
+async def test_a_logout_ends_only_aliases_that_still_lead_to_the_session() -> None:
+    """A session's ``previous`` (the ID it was rotated from) ends with it only while
+    that ID is still its alias: one naming another session's alias, or a live
+    session, ends nothing."""
+    backend = MemoryBackend()
+    stranger_old = await save(backend)
+    loaded = await backend.load(stranger_old, now=NOW)
+    assert loaded is not None
+    stranger_new = await backend.save(
+        stranger_old, loaded, Delta({}), now=NOW, ttl=600, rotate=True
+    )
+    bystander = await save(backend)
+    for target in (stranger_old, bystander):
+        victim = await save(backend)
+        victim_record = await backend.load(victim, now=NOW)
+        assert victim_record is not None
+        backend._entries[victim_record.session_id].previous = token_id(target)
+        await backend.delete(victim, victim_record)
+        assert await backend.load(victim, now=NOW) is None
+    alias = await backend.load(stranger_old, now=NOW)
+    assert alias is not None
+    assert alias.read_only
+    for token in (stranger_new, bystander):
+        assert await backend.load(token, now=NOW) is not None

@@ -1274,3 +1274,58 @@ async def test_a_woken_waiter_that_is_cancelled_passes_its_turn_on(redis_url: st
             await first
     finally:
         await backend.aclose()
+
+
+async def test_a_logout_ends_only_aliases_that_still_lead_to_the_session(
+    raw: Redis, backend: RedisBackend
+) -> None:
+    """The back-pointer ``p`` a rotation leaves on the new session ends the old ID
+    with it only while that ID is still the new session's alias: a ``p`` naming
+    another session's alias, or a live session, ends nothing (were a ``p`` ever stale
+    or not ours, a logout must not end a stranger's session)."""
+    client = client_for(backend)
+    await client.get("/set?k=1")
+    stranger_old = client.jar["session"]
+    await client.get("/rotate")
+    stranger_new = client.jar["session"]
+    live = Client(client.app)
+    await live.get("/set?k=2")
+    bystander = live.jar["session"]
+    for target in (stranger_old, bystander):
+        victim = Client(client.app)
+        await victim.get("/set?k=3")
+        key = f"{backend.prefix}s:{token_id(victim.jar['session'])}"
+        await raw.hset(key, "p", token_id(target))
+        await victim.get("/invalidate")
+        assert not await raw.exists(key)
+    assert (await Client(client.app).get("/read", cookie=f"session={stranger_old}".encode())).json()
+    for token in (stranger_new, bystander):
+        assert await backend.exists(token_id(token))
+
+
+async def test_the_back_pointer_survives_a_replace_and_never_shows_as_data(
+    raw: Redis, backend: RedisBackend
+) -> None:
+    client = client_for(backend)
+    await client.get("/set?k=1")
+    old = client.jar["session"]
+    await client.get("/rotate")
+    new = client.jar["session"]
+    key = f"{backend.prefix}s:{token_id(new)}"
+    assert await raw.hget(key, "p") == token_id(old).encode()
+    loaded = await backend.load(new, now=time.time())
+    assert loaded is not None
+    loaded.data = {"only": 1}
+    await backend.save(
+        new, loaded, Delta({"only": 1}, replace=True), now=time.time(), ttl=600, rotate=False
+    )
+    assert await raw.hget(key, "p") == token_id(old).encode()
+    reloaded = await backend.load(new, now=time.time())
+    assert reloaded is not None
+    assert reloaded.data == {"only": 1}
+    assert b"p" not in msgpack.unpackb(await raw.hget(key, "x"), raw=True)[4]
+    alias = await backend.load(old, now=time.time())
+    assert alias is not None
+    assert alias.data == {"k": "1"}
+    await backend.delete(new, reloaded)
+    assert await backend.load(old, now=time.time()) is None

@@ -34,6 +34,9 @@ class _Entry:
     expires_at: float
     # Set on the grace alias of a rotated session: the ID of the live session.
     alias_of: str | None = None
+    # Set on a session rotated from another with a grace: that ID, its alias while
+    # the grace lasts (ending this session ends it too).
+    previous: str | None = None
 
 
 class MemoryBackend:
@@ -183,6 +186,7 @@ class MemoryBackend:
             # It stays in its user's index so revoking the user ends it too.
             entry.alias_of = record.session_id
             entry.expires_at = min(entry.expires_at, now + self.rotation_grace)
+            self._entries[record.session_id].previous = key
         else:
             self._drop(key)
         self._index(record, now)
@@ -199,17 +203,23 @@ class MemoryBackend:
         return None
 
     async def delete(self, token: str, record: SessionRecord) -> None:
-        key: str | None = token_id(token)
+        named = key = token_id(token)
         # Logging out on an old cookie during the grace ends the session it led to,
-        # however many rotations ago.
-        for hop in range(_MAX_HOPS + 1):
-            if key is None:
-                break
+        # however many rotations ago, and _end every alias that leads to it (the ones
+        # before this cookie's too).
+        passed = []
+        for _ in range(_MAX_HOPS):
             entry = self._entries.get(key)
-            self._drop(key)
-            if hop and self.on_end is not None:
-                self.on_end(key)
-            key = None if entry is None else entry.alias_of
+            if entry is None or entry.alias_of is None:
+                break
+            passed.append(key)
+            key = entry.alias_of
+        self._end(key, None, named=named)
+        for other in passed:
+            if other in self._entries:  # not reached back from the session (expired links)
+                self._drop(other)
+                if other != named and self.on_end is not None:
+                    self.on_end(other)
 
     async def exists(self, session_id: str) -> bool:
         """Whether the session ``session_id`` is live (not ended, not expired, not a
@@ -348,10 +358,25 @@ class MemoryBackend:
                 self.on_end(key)
             self._evicted.append((key, user))
 
-    def _end(self, key: str, user: str | None) -> None:
+    def _end(self, key: str, user: str | None, *, named: str | None = None) -> None:
         """Drop the session ``key`` with its grace aliases: the IDs it was rotated
-        from, and the ones those were rotated from (up to _MAX_HOPS)."""
+        from, and the ones those were rotated from (up to _MAX_HOPS), found through
+        each session's ``previous`` and, for a bound one, its user's index. A
+        ``previous`` counts only while it is still the alias of that session. Every
+        ID ended but ``named`` (the one the caller named, ``key`` by default) goes to
+        on_end."""
+        if named is None:
+            named = key
         doomed = {key}
+        newer = key
+        for _ in range(_MAX_HOPS):
+            entry = self._entries.get(newer)
+            older = None if entry is None else entry.previous
+            alias = None if older is None else self._entries.get(older)
+            if older is None or alias is None or alias.alias_of != newer:
+                break
+            doomed.add(older)
+            newer = older
         if user is not None:
             for _ in range(_MAX_HOPS):
                 more = [
@@ -366,7 +391,7 @@ class MemoryBackend:
                 doomed.update(more)
         for other in doomed:
             self._drop(other)
-            if other != key and self.on_end is not None:
+            if other != named and self.on_end is not None:
                 self.on_end(other)
 
     def _unindex(self, user: str | None, key: str) -> None:

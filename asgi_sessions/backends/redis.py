@@ -11,6 +11,8 @@ Data model (all keys under ``prefix``, default ``asgi_sessions:``)::
         z            "period idle cap": refresh period and idle timeout in seconds and
                      the hard deadline; t and z are absent when the expiry never slides
         a            only on a grace alias: the ID of the session it was rotated into
+        p            only on a session rotated from another with a grace: that ID (its
+                     alias while the grace lasts, which ends with it: see _end)
         <msgpack(key)>  one field per session key, named by the key's msgpack encoding
                      (a first byte >= 0xa0, which no field above has), value in msgpack
         x            the view: [m, s, next refresh due, alias, {key: value}] as one
@@ -226,10 +228,12 @@ if ARGV[1] == 'n' then
     return 0
   end
 else
-  local s = redis.call('HMGET', KEYS[1], 'm', 'a', 'x')
+  local s = redis.call('HMGET', KEYS[1], 'm', 'a', 'x', 'p')
   if not s[1] or s[2] then return -1 end
   if ARGV[1] == 'r' then
     redis.call('DEL', KEYS[1])
+    -- The link to the alias it was rotated from outlives a replacement of the data.
+    if s[4] then redis.call('HSET', KEYS[1], 'p', s[4]) end
   elseif ARGV[4] == '' or s[3] ~= ARGV[4] then
     if ARGV[4] ~= '' then upto = last - 2 end
     -- The fields as they will be: the stored ones, these pairs over them, and the
@@ -312,13 +316,17 @@ if ttl < 0 or ttl > tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2
 return 1
 """
 )
-# End a session: delete it, answering [deleted, the ID it is a grace alias of]. The
-# alias tells the caller of a rotation that retired this ID after the caller looked,
-# whose new session must end too.
+# End a session: delete it, answering [deleted, the ID it is a grace alias of, the ID
+# it was rotated from]. The alias tells the caller of a rotation that retired this ID
+# after the caller looked, whose new session must end too; the ID it was rotated from
+# is its own grace alias, which must end with it. With ARGV[1], the key is a grace
+# alias to end only if it is still the alias of that ID (else nothing is deleted).
 _END = """
-local a = redis.pcall('HGET', KEYS[1], 'a')
-if type(a) ~= 'string' then a = false end  -- none, or a key that is not a hash
-return {redis.call('DEL', KEYS[1]), a}
+local v = redis.pcall('HMGET', KEYS[1], 'a', 'p')
+local a, p = false, false
+if type(v) == 'table' and not v.err then a, p = v[1], v[2] end  -- else not a hash
+if ARGV[1] and a ~= ARGV[1] then return {0, false, false} end
+return {redis.call('DEL', KEYS[1]), a, p}
 """
 _INDEX = """
 if ARGV[1] ~= '' then redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) end
@@ -1384,6 +1392,11 @@ class RedisBackend:
         seen_list = _seen_list(record.last_seen, record.ip, record.user_agent)
         seen = _packed_seen(seen_list)
         fields: list[bytes] = [b"s", seen]
+        if rotate and token is not None and self.rotation_grace:
+            # The new session names the ID it is rotated from, the grace alias the
+            # retirement below makes of it, so that ending it ends that alias too. (Not
+            # first: ``_retire`` finds ``s`` and ``m`` at the ends of the head.)
+            fields += (b"p", record.session_id.encode())
         removed: list[bytes] = []
         due = _next_due(record)
         schedule = _schedule(record, due)
@@ -1677,28 +1690,67 @@ class RedisBackend:
 
     # -- per-user operations ---------------------------------------------------------
 
-    async def _end(self, ids: Sequence[str], *, also: Sequence[Awaitable[Any]] = ()) -> list[bool]:
+    async def _end(
+        self,
+        ids: Sequence[str],
+        *,
+        also: Sequence[Awaitable[Any]] = (),
+        gone: Collection[str] = (),
+    ) -> list[bool]:
         """Delete the sessions ``ids``, each with the session it turned out to be
         the grace alias of when it went, and so on: a rotation that retired one of
-        them after the caller looked must not leave its new session alive. One
+        them after the caller looked must not leave its new session alive. And each
+        with its own grace aliases (the ID it was rotated from, ``p``, and so on), each
+        only while it is still the alias of the session ended: a logout leaves no
+        alias serving the session it ended. Up to _MAX_HOPS rotations either way. One
         single-key script each (on Cluster they live in different slots), sent
-        with the commands ``also``. True for each of ``ids`` that existed."""
+        with the commands ``also``, which delete ``gone``. True for each of ``ids``
+        that existed."""
         replies = await self._run(
             asyncio.gather(*(_end(self.client, self._key(i)) for i in ids), *also)
         )
         replies = replies[: len(ids)]
-        rotated = _ids([alias for _, alias in replies if alias])
+        ended = {*ids, *gone}
+        newer, older = self._next_ends(ids, replies, ended)
         for _ in range(_MAX_HOPS):
-            if not rotated:
+            if not newer and not older:
                 break
             if self.on_end is not None:
-                for session_id in rotated:
+                for session_id in newer:
                     self.on_end(session_id)
             more = await self._run(
-                asyncio.gather(*(_end(self.client, self._key(i)) for i in rotated))
+                asyncio.gather(
+                    *(_end(self.client, self._key(i)) for i in newer),
+                    *(_end(self.client, self._key(i), of) for i, of in older),
+                )
             )
-            rotated = _ids([alias for _, alias in more if alias])
-        return [bool(deleted) for deleted, _ in replies]
+            reached = [*newer, *(i for i, _ in older)]
+            if self.on_end is not None:
+                for (deleted, _, _), (session_id, _) in zip(more[len(newer) :], older, strict=True):
+                    if deleted:
+                        self.on_end(session_id)
+            newer, older = self._next_ends(reached, more, ended)
+        return [bool(deleted) for deleted, _, _ in replies]
+
+    @staticmethod
+    def _next_ends(
+        ids: Sequence[str], replies: Sequence[Any], ended: set[str]
+    ) -> tuple[list[str], list[tuple[str, str]]]:
+        """From _END's replies for ``ids``: the sessions they were grace aliases of,
+        and (ID, the ended session it must still be the alias of) for those they were
+        rotated from; none in ``ended``, which they join."""
+        newer: list[str] = []
+        older: list[tuple[str, str]] = []
+        for session_id, (_, alias, previous) in zip(ids, replies, strict=True):
+            forward = _id(alias) if alias else None
+            if forward is not None and forward not in ended:
+                ended.add(forward)
+                newer.append(forward)
+            back = _id(previous) if previous else None
+            if back is not None and back not in ended:
+                ended.add(back)
+                older.append((back, session_id))
+        return newer, older
 
     def _index_add(
         self, user_id: str, session_id: str, record: SessionRecord, now: float
@@ -1777,7 +1829,9 @@ class RedisBackend:
             # Ended as a revoke ends them: with their grace aliases, and through _end,
             # so a rotation racing the eviction does not leave its new session alive.
             aliases = _aliases_into(gone, states)
-            await self._end(list(gone), also=[self.client.delete(self._key(i)) for i in aliases])
+            await self._end(
+                list(gone), also=[self.client.delete(self._key(i)) for i in aliases], gone=aliases
+            )
             dead += [*gone, *aliases]
         if dead:
             await self._run(self.client.zrem(self._user_key(user_id), *dead))
@@ -1871,7 +1925,9 @@ class RedisBackend:
             # alias is only deleted: its session is among the members, or was rebound
             # to another user, whose it now is.
             aliases = [i for i in doomed if i not in live]
-            await self._end(live, also=[self.client.delete(self._key(i)) for i in aliases])
+            await self._end(
+                live, also=[self.client.delete(self._key(i)) for i in aliases], gone=aliases
+            )
             await self._run(self.client.zrem(self._user_key(user_id), *doomed))
             if self.events:
                 for session_id in live:
