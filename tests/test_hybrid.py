@@ -613,6 +613,27 @@ async def test_a_logout_right_after_a_refresh_ends_the_previous_pairs_at_once(
     assert await backend.list_sessions("ann") == []
 
 
+async def test_an_old_pair_after_a_logout_raises_no_reuse_alarm(
+    store: Any, clock: FakeClock
+) -> None:
+    """A request of the browser still in flight with the pre-refresh pair when the user
+    logs out: the logout ended its grace alias too, so the spent token comes to the
+    reuse check, but the family's session is gone already. It is answered as any
+    ended session's token, with no revocation and no ``suspicious`` event; a spent
+    token replayed while the session lives still revokes it (the test above)."""
+    events: list[SessionEvent] = []
+    backend = hybrid(store, clock, on_event=events.append)
+    browser = client_for(backend, clock)
+    await browser.get("/bind?user=ann")
+    old = f"session={browser.jar['session']}".encode()
+    clock.advance(ACCESS + 1)
+    await browser.get("/read")  # a refresh: the old pair is spent
+    await browser.get("/invalidate")
+    events.clear()
+    assert (await Client(browser.app).get("/read", cookie=old)).json() == {}
+    assert security_events(events) == []
+
+
 async def test_a_logout_here_stops_the_access_tokens_of_the_aliases_it_ended(
     redis_url: str, clock: FakeClock
 ) -> None:

@@ -685,6 +685,12 @@ class HybridBackend:
         if family is None:
             return  # unknown, expired or revoked: just anonymous
         current = await self._ledger.current(family) or family
+        if not await self.store.exists(current):
+            # The family's session has ended already (a logout, which also ended the
+            # grace aliases of its pre-refresh pairs, or a revoke): nothing to revoke,
+            # and a request of the browser still in flight with an old pair is no
+            # attack. Anonymous, as any ended session's token.
+            return
         logger.warning(
             "refresh token reuse for session %s (family %s): family revoked",
             session_id[:12],
