@@ -45,6 +45,7 @@ from typing import Any
 
 from benchmarks.inprocess import _interruptible, make_scope
 from benchmarks.redis_server import PrivateRedis, redis_server_binary
+from benchmarks.report import environment_lines, git_revision
 from benchmarks.rows import SECRET, make_app
 
 MODULE = "benchmarks.memory"
@@ -288,17 +289,10 @@ def render(outcomes: Sequence[Outcome], args: argparse.Namespace) -> tuple[str, 
         if args.trace
         else "each row runs once, without tracemalloc"
     )
-    command = f"python -m {MODULE} --requests {args.requests}"
-    if args.only:
-        command += f" --only {args.only}"
-    if not args.trace:
-        command += " --no-tracemalloc"
     lines = [
         "# asgi-sessions memory over a long run",
         "",
-        f"- date: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
-        f"- python: {sys.version.split()[0]}",
-        f"- command: `{command}`",
+        *environment_lines(MODULE, args.revision),
         f"- workload: a pool of {POOL:,} returning browsers ({WRITE_SHARE:.0%} of their "
         f"requests write), {NEW_SHARE:.0%} of requests from new visitors whose sessions are "
         f"abandoned; idle timeout {IDLE_TIMEOUT} s on a clock that moves 1 s every "
@@ -375,6 +369,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    args.revision = git_revision()  # at the start: what the rows ran
     with _interruptible():
         if args.redis_url or not any(r in ("redis", "hybrid") for r in args.rows):
             return _run(args, args.redis_url)
