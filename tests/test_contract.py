@@ -91,6 +91,22 @@ async def create(
     return token, record
 
 
+async def load_twice(backend: SessionBackend, token: str) -> tuple[SessionRecord, SessionRecord]:
+    """Two requests' loads of ``token`` (both find the session)."""
+    one = await backend.load(token, now=NOW)
+    two = await backend.load(token, now=NOW)
+    assert one is not None
+    assert two is not None
+    return one, two
+
+
+async def rotate(backend: SessionBackend, token: str, now: float = NOW) -> str:
+    """A request that loads ``token`` and rotates it, changing nothing else."""
+    loaded = await backend.load(token, now=now)
+    assert loaded is not None
+    return await backend.save(token, loaded, Delta({}), now=now, ttl=600, rotate=True)
+
+
 async def update(
     backend: SessionBackend,
     token: str,
@@ -164,10 +180,7 @@ async def test_concurrent_updates_of_different_keys_both_land(subject: Subject) 
         pytest.skip("the token carries one writer's copy of the data")
     backend = subject.backend
     token, _ = await create(backend, {"seed": 1})
-    one = await backend.load(token, now=NOW)
-    two = await backend.load(token, now=NOW)
-    assert one is not None
-    assert two is not None
+    one, two = await load_twice(backend, token)
     await update(backend, token, one, {"a": 1})
     await update(backend, token, two, {"b": 2})
     final = await backend.load(token, now=NOW)
@@ -187,10 +200,7 @@ async def test_a_rotation_keeps_what_a_parallel_save_stored_after_its_load(
     backend = subject.backend
     backend.rotation_grace = grace  # type: ignore[attr-defined]
     token, _ = await create(backend, {"seed": 1, "gone": 1, "kept": 1})
-    login = await backend.load(token, now=NOW)
-    parallel = await backend.load(token, now=NOW)
-    assert login is not None
-    assert parallel is not None
+    login, parallel = await load_twice(backend, token)
     parallel.data = {"seed": 1, "kept": 1, "coupon": "SAVE10"}
     await backend.save(
         token,
@@ -226,10 +236,7 @@ async def test_the_last_save_writes_the_metadata_it_was_given(subject: Subject) 
         pytest.skip("a client-side token carries one writer's copy of the data")
     backend = subject.backend
     token, _ = await create(backend, {"seed": 1})
-    short = await backend.load(token, now=NOW)
-    bystander = await backend.load(token, now=NOW)
-    assert short is not None
-    assert bystander is not None
+    short, bystander = await load_twice(backend, token)
     short.idle_timeout = 10
     await backend.save(token, short, Delta({}), now=NOW, ttl=10, rotate=False)
     # The token that save returns (a hybrid issues a new access token).
@@ -350,9 +357,7 @@ async def test_is_grace_alias_tells_a_rotated_token_from_a_live_or_ended_one(
     assert not await is_grace_alias(backend, old, now=NOW)  # live
     for malformed in ("", "x", "a.b", "A" * 5000):
         assert not await is_grace_alias(backend, malformed, now=NOW)
-    loaded = await backend.load(old, now=NOW)
-    assert loaded is not None
-    new = await backend.save(old, loaded, Delta({}), now=NOW, ttl=600, rotate=True)
+    new = await rotate(backend, old, now=NOW)
     assert not await is_grace_alias(backend, new, now=NOW + 0.5)
     if not subject.stateful:
         assert not await is_grace_alias(backend, old, now=NOW + 0.5)
@@ -377,9 +382,7 @@ async def test_delete_on_a_token_two_rotations_old_ends_the_live_session(
     first, _ = await create(backend, {"k": 1})
     token = first
     for _ in range(2):
-        loaded = await backend.load(token, now=NOW)
-        assert loaded is not None
-        token = await backend.save(token, loaded, Delta({}), now=NOW, ttl=600, rotate=True)
+        token = await rotate(backend, token, now=NOW)
     alias = await backend.load(first, now=NOW)
     assert alias is not None
     await backend.delete(first, alias)
@@ -397,9 +400,7 @@ async def test_delete_of_a_rotated_session_ends_its_grace_aliases(
         pytest.skip("stateless tokens have no alias")
     backend = subject.backend
     other, _ = await create(backend, {"other": 1})
-    other_loaded = await backend.load(other, now=NOW)
-    assert other_loaded is not None
-    other_new = await backend.save(other, other_loaded, Delta({}), now=NOW, ttl=600, rotate=True)
+    other_new = await rotate(backend, other, now=NOW)
     tokens = [(await create(backend, {"user": "ann"}))[0]]
     for _ in range(rotations):
         loaded = await backend.load(tokens[-1], now=NOW)
@@ -431,10 +432,7 @@ async def test_delete_ends_only_aliases_that_still_lead_to_the_session(subject: 
         pytest.skip("stateless tokens have no alias")
     backend = subject.backend
     first, _ = await create(backend, {"k": 1})
-    first_a = await backend.load(first, now=NOW)
-    first_b = await backend.load(first, now=NOW)
-    assert first_a is not None
-    assert first_b is not None
+    first_a, first_b = await load_twice(backend, first)
     second = await backend.save(first, first_a, Delta({}), now=NOW, ttl=600, rotate=True)
     with pytest.raises(SessionGone):
         # A parallel request's rotation of the same session loses: no new session.
@@ -449,9 +447,7 @@ async def test_delete_ends_only_aliases_that_still_lead_to_the_session(subject: 
     # spent refresh token after its grace is a reuse, which revokes the family); the
     # session rotates again after it.
     now = await subject.later(1.2)
-    loaded = await backend.load(second, now=now)
-    assert loaded is not None
-    third = await backend.save(second, loaded, Delta({}), now=now, ttl=600, rotate=True)
+    third = await rotate(backend, second, now=now)
     current = await backend.load(third, now=now)
     assert current is not None
     await backend.delete(third, current)
