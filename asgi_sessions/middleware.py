@@ -484,7 +484,7 @@ class SessionMiddleware:
                     action, session, token, before, before_user, scope, rotate=rotate
                 )
         except SessionGone:
-            if token is not None and await self._rotated_away(token, now):
+            if token is not None and await is_grace_alias(self.backend, token, now=now):
                 # A parallel request of this browser rotated the session first (a login
                 # submitted twice, a write in flight during a login): the browser has or
                 # gets the winner's cookie, so this response leaves it alone, as one on
@@ -511,16 +511,10 @@ class SessionMiddleware:
         except SessionTooLarge as exc:
             if action is not Action.TOUCH:
                 raise
-            # A re-issue the app did not ask for can no longer be issued (a hybrid
-            # access token over 64 KiB): the session ends, as when its cookie no
-            # longer fits below, and the request that changed nothing is answered.
+            # A hybrid access token over 64 KiB: the re-issue cannot be made at all.
             assert token is not None
             assert record is not None
-            logger.warning(
-                "session %s: its re-issued token is too large (%s); ended", fingerprint(token), exc
-            )
-            await self.backend.delete(token, record)
-            self._set_cookies(headers, self.cookie.render_delete(seen))
+            await self._end_unissuable(token, record, headers, seen, exc)
             return None
         stored = session._record
         if value is None or stored is None:
@@ -534,25 +528,28 @@ class SessionMiddleware:
             except ValueError as exc:
                 if action is not Action.TOUCH:
                     raise SessionTooLarge(f"the session does not fit in cookies: {exc}") from None
-                # A re-issue the app did not ask for (a refreshed hybrid access token,
-                # a JWT under the newest key) no longer fits the cookies: the session
-                # cannot go on, so it ends, and the request that changed nothing is
-                # answered as the app wrote it.
-                logger.warning(
-                    "session %s: its re-issued cookie no longer fits (%s); ended",
-                    fingerprint(value),
-                    exc,
-                )
-                await self.backend.delete(value, stored)
-                self._set_cookies(headers, self.cookie.render_delete(seen))
+                await self._end_unissuable(value, stored, headers, seen, exc)
                 return None
             self._set_cookies(headers, cookies)
         return value
 
-    async def _rotated_away(self, token: str, now: float) -> bool:
-        """Whether ``token``, whose session a commit just found gone, is now the grace
-        alias of a rotation (rather than ended by a logout or revoke)."""
-        return await is_grace_alias(self.backend, token, now=now)
+    async def _end_unissuable(
+        self,
+        token: str,
+        record: SessionRecord,
+        headers: list[tuple[bytes, bytes]],
+        seen: tuple[str, ...],
+        exc: Exception,
+    ) -> None:
+        """A re-issue the app did not ask for (a refreshed hybrid access token, a JWT
+        under the newest key) cannot be made, or no longer fits the cookies: the
+        session cannot go on, so it ends, and the request that changed nothing is
+        answered as the app wrote it."""
+        logger.warning(
+            "session %s: its re-issued cookie cannot be sent (%s); ended", fingerprint(token), exc
+        )
+        await self.backend.delete(token, record)
+        self._set_cookies(headers, self.cookie.render_delete(seen))
 
     async def _emit_commit(
         self,

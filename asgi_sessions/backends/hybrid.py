@@ -487,12 +487,9 @@ class HybridBackend:
         if refresh is None:
             _, _, refresh = token.rpartition(".")
         await self.store.delete(refresh, record)
+        # A grace alias's: the store ended the session it leads to as well, and tells
+        # this backend so (on_end), whose access tokens (the new pair) stop here too.
         self._mark_revoked(record.session_id)
-        alias_of = record.extra.get("alias_of")
-        if isinstance(alias_of, str):
-            # A grace alias: the store ended the session it points to as well, whose
-            # access tokens (the browser's new pair) must stop here too.
-            self._mark_revoked(alias_of)
 
     async def aclose(self) -> None:
         await self._tokens.aclose()

@@ -1673,6 +1673,8 @@ class RedisBackend:
             # Logging out on the old cookie during the grace ends the new session too
             # (and _end does so for a rotation that retired the ID since the load).
             ids.append(alias_of)
+            if self.on_end is not None:
+                self.on_end(alias_of)
         also = []
         if record.user_id is not None:
             also.append(self.client.zrem(self._user_key(record.user_id), record.session_id))
@@ -1804,11 +1806,11 @@ class RedisBackend:
             elif state.alias_of is None:
                 live.append((session_id, state))
         live.sort(key=lambda item: item[1].created_at)
-        others = [item for item in live if item[0] != current]
         excess = 0 if keep_newest is None else len(live) - keep_newest
         if excess > 0:
             # By login, not creation: a login keeps the creation time of the
             # anonymous session it rotates, which may predate the other devices'.
+            others = [item for item in live if item[0] != current]
             others.sort(key=lambda item: item[1].rotated_at)
             evicted = others[:excess]
             gone = {i for i, _ in evicted}
