@@ -301,7 +301,9 @@ async def test_raising_absolute_timeout_keeps_bound_sessions_listed(
     assert (await client.get("/read")).json() == {}
 
 
-async def bind_during_a_socket(middleware: SessionMiddleware, cookie: str, user: str) -> None:
+async def bind_during_a_socket(
+    middleware: SessionMiddleware, cookie: str, user: str | None
+) -> None:
     """Open a WebSocket on ``cookie``, accept it, then bind the session to ``user``
     (committed when the socket ends, under the same ID: no cookie can be sent)."""
 
@@ -341,3 +343,39 @@ async def test_a_session_bound_during_a_websocket_joins_its_users_index(
     assert [s.user_agent for s in await backend.list_sessions("bob")] == [None]
     assert await backend.revoke_user("bob") == 1
     assert (await client.get("/read")).json() == {}
+
+
+async def test_a_session_unbound_during_a_websocket_leaves_its_users_index(
+    make_backend: Factory, clock: FakeClock
+) -> None:
+    """bind_user(None) over a socket: the session is no longer the user's to list or
+    revoke (and still is the browser's)."""
+    backend = make_backend()
+    if isinstance(backend, HybridBackend):
+        pytest.skip("a hybrid session's socket changes land with its next refresh")
+    client = device(backend, clock, "laptop")
+    await client.get("/set?cart=1")
+    await bind_during_a_socket(client.app, client.jar["session"], "ann")
+    assert len(await backend.list_sessions("ann")) == 1
+    await bind_during_a_socket(client.app, client.jar["session"], None)
+    assert await backend.list_sessions("ann") == []
+    assert await backend.revoke_user("ann") == 0
+    assert (await client.get("/read")).json() == {"cart": "1"}
+
+
+async def test_a_bind_during_a_websocket_is_held_to_max_sessions_per_user(
+    make_backend: Factory, clock: FakeClock
+) -> None:
+    """The cap applies to a socket's bind as to a login over HTTP: the least recently
+    logged-in other session goes, the bound one stays."""
+    backend = make_backend(max_sessions_per_user=1)
+    if isinstance(backend, HybridBackend):
+        pytest.skip("a hybrid session's socket changes land with its next refresh")
+    laptop = await login(backend, clock, "laptop")
+    clock.advance(1)
+    phone = device(backend, clock, "phone")
+    await phone.get("/set?cart=1")
+    await bind_during_a_socket(phone.app, phone.jar["session"], "ann")
+    assert [s.user_agent for s in await backend.list_sessions("ann")] == [None]
+    assert (await laptop.get("/read")).json() == {}
+    assert (await phone.get("/read")).json() == {"cart": "1"}

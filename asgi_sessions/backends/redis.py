@@ -1387,6 +1387,8 @@ class RedisBackend:
         # process stored that view itself.
         entry = self._views.get(loaded) if loaded else None
         known: dict[str, bytes] | None = entry[13] if entry is not None else None
+        loaded_meta = record.extra.get("meta")
+        loaded_user = loaded_meta.get("u") if type(loaded_meta) is dict else None
         meta = _meta_map(record)
         reindex = _score_meta(meta, record, now, ttl, new=token is None or rotate)
         seen_list = _seen_list(record.last_seen, record.ip, record.user_agent)
@@ -1465,8 +1467,9 @@ class RedisBackend:
         count = len(fields) // 2
         ttl_ms = ttl * 1000
         if token is not None and not rotate:
+            indexed: list[Any] | None = None
             if reindex:
-                await self._reindex(record, now)
+                indexed = await self._reindex(record, now)
             mode = b"r" if delta.replace else b"u"
             result = await self._run(
                 _save(
@@ -1498,6 +1501,14 @@ class RedisBackend:
             # The stored view, for a later commit of this record (a WebSocket's).
             record.extra["view"] = view if result == 1 else b""
             self._remember(record.session_id, due)
+            cap = self.max_sessions_per_user
+            if indexed is not None and cap is not None and loaded_user != record.user_id:
+                # Bound to a user without a rotation (during a WebSocket): the
+                # per-user cap holds as it does for a login.
+                assert record.user_id is not None
+                await self._prune(
+                    record.user_id, _ids(indexed), now, keep_newest=cap, current=record.session_id
+                )
             return token
         # A new session, or a rotation. One step after the other, never overlapping:
         # the new key is created (never overwriting one), then entered in its user's
@@ -1765,14 +1776,17 @@ class RedisBackend:
         score = _index_score(record, now)
         return _index(self.client, self._user_key(user_id), session_id, repr(score), repr(now), "")
 
-    async def _reindex(self, record: SessionRecord, now: float) -> None:
+    async def _reindex(self, record: SessionRecord, now: float) -> list[Any]:
         """Re-score a bound session whose deadline a save or touch is about to move
         later: one more single-key command (in the index key's Cluster slot), paid
         only then. It runs before that write, so a failure (raised) leaves the
         session as it was, and the next write tries again; a write that then finds
         the session gone leaves a dead member, which the next prune drops."""
         assert record.user_id is not None
-        await self._run(self._index_add(record.user_id, record.session_id, record, now))
+        members: list[Any] = await self._run(
+            self._index_add(record.user_id, record.session_id, record, now)
+        )
+        return members
 
     async def _states(self, ids: Sequence[str]) -> list[_State | None]:
         """Each session's (created, last seen, IP, user agent, user ID, alias of, last
@@ -1801,7 +1815,7 @@ class RedisBackend:
         live = []
         dead = []
         for session_id, state in states.items():
-            if state is None or (state.user_id is not None and state.user_id != user_id):
+            if state is None or state.user_id != user_id:  # gone, rebound or unbound
                 dead.append(session_id)
             elif state.alias_of is None:
                 live.append((session_id, state))
