@@ -447,7 +447,7 @@ class SessionMiddleware:
             refresh = record.reissue or self.policy.refresh_due(record, now)
         action = decide(
             stored=record is not None,
-            empty=not dict.__len__(session),
+            empty=session._empty,
             modified=session.modified,
             invalidated=session._invalidated,
             rotate=rotate,
@@ -640,7 +640,7 @@ class SessionMiddleware:
             return
         action = decide(
             stored=True,
-            empty=not dict.__len__(session),
+            empty=session._empty,
             modified=session.modified,
             invalidated=session._invalidated,
             rotate=False,

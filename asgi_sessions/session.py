@@ -144,11 +144,16 @@ class Session(dict[str, Any]):
         self._changing(key)
 
     def clear(self) -> None:
+        """Remove every key and untie the session from its user (as
+        ``bind_user(None)``): the Starlette logout idiom ends the session, whose
+        record is deleted on the response unless something is stored again."""
         for key in list(super().keys()):
             self._changing(key)
         self.accessed = True
         self.modified = True
         super().clear()
+        if self.user_id is not None:
+            self.bind_user(None)
 
     def pop(self, key: str, *args: Any) -> Any:
         self.accessed = True
@@ -219,6 +224,12 @@ class Session(dict[str, Any]):
         self._user = user_id
         self.accessed = True
         self.modified = True
+
+    @property
+    def _empty(self) -> bool:
+        # No data and no bound user: nothing to store (DESIGN §3, commit rules 1 and
+        # 2); unlike len(), it does not mark the session accessed.
+        return not dict.__len__(self) and self.user_id is None
 
     @property
     def user_id(self) -> str | None:

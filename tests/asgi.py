@@ -20,7 +20,8 @@ Message = dict[str, Any]
 
 async def session_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Raw ASGI app: /read, /untouched, /set?k=v, /del?k=, /rotate, /login?user=,
-    /bind?user= (bind_user: the per-user index),
+    /bind?user= (bind_user: the per-user index), /bind_only?user= (bind_user alone; an
+    empty user unbinds), /user (answers the bound user),
     /invalidate, /clear, /expiry?s= or ?at=<epoch>, /fail500 (writes, then 500), /raise (writes,
     then raises before responding)."""
     assert scope["type"] == "http"
@@ -44,6 +45,8 @@ async def session_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     elif path == "/bind":
         session.bind_user(query["user"])
         session["user"] = query["user"]
+    elif path == "/bind_only":
+        session.bind_user(query["user"] or None)
     elif path == "/invalidate":
         session.invalidate()
     elif path == "/clear":
@@ -60,9 +63,12 @@ async def session_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     elif path == "/raise":
         session["x"] = "1"
         raise RuntimeError("handler failed")
-    elif path != "/untouched":
+    elif path not in ("/untouched", "/user"):
         status = 404
-    body = json.dumps(dict(session)).encode() if path != "/untouched" else b"{}"
+    if path == "/user":
+        body = json.dumps({"user_id": session.user_id}).encode()
+    else:
+        body = json.dumps(dict(session)).encode() if path != "/untouched" else b"{}"
     headers = [(b"content-type", b"application/json")]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -379,3 +379,35 @@ async def test_a_bind_during_a_websocket_is_held_to_max_sessions_per_user(
     assert [s.user_agent for s in await backend.list_sessions("ann")] == [None]
     assert (await laptop.get("/read")).json() == {}
     assert (await phone.get("/read")).json() == {"cart": "1"}
+
+
+async def test_a_login_that_only_binds_a_user_is_stored(
+    make_backend: Factory, clock: FakeClock
+) -> None:
+    """bind_user() alone (no data key) is a login: the session is stored, the cookie
+    sent, the user listed; a bound session whose data empties stays logged in."""
+    backend = make_backend()
+    client = device(backend, clock, "laptop")
+    response = await client.get("/bind_only?user=ann")
+    assert "session" in client.jar, response.headers
+    assert (await client.get("/user")).json() == {"user_id": "ann"}
+    assert [s.user_agent for s in await backend.list_sessions("ann")] == ["laptop"]
+    await client.get("/set?cart=1")
+    await client.get("/del?cart=")
+    assert "session" in client.jar
+    assert (await client.get("/user")).json() == {"user_id": "ann"}
+    assert len(await backend.list_sessions("ann")) == 1
+
+
+async def test_clear_logs_out_a_bound_session(make_backend: Factory, clock: FakeClock) -> None:
+    """session.clear(), the Starlette logout idiom, empties the data and unbinds the
+    user: the record goes and the cookie is expired."""
+    backend = make_backend()
+    client = await login(backend, clock, "laptop")
+    cookie = client.jar["session"]
+    await client.get("/clear")
+    assert "session" not in client.jar
+    assert await backend.list_sessions("ann") == []
+    assert (await client.get("/user", cookie=f"session={cookie}".encode())).json() == {
+        "user_id": None
+    }
