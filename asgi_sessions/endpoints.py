@@ -115,7 +115,10 @@ class SessionEndpoints:
             if method != "POST":
                 return 405, {"detail": "method not allowed"}
             if session.id is not None:
-                session.mark_modified()  # saved on the response: the idle clock restarts
+                # Saved on the response with no data changed: the idle clock restarts,
+                # and a parallel request's write is kept (mark_modified() would store
+                # the whole data this request loaded over it).
+                session.accessed = session.modified = True
             return 200, _describe(session)
         if path == "/logout":
             if method != "POST":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -13,9 +14,11 @@ from starlette.testclient import TestClient
 
 from asgi_sessions import ConfigurationError, JWTBackend, MemoryBackend, SessionMiddleware
 from asgi_sessions.endpoints import SessionEndpoints
+from tests.asgi import Client, http_scope, session_app
 
 BASE = "https://app.example"
 SAME = {"sec-fetch-site": "same-origin"}
+SAME_ORIGIN = [(b"sec-fetch-site", b"same-origin")]
 
 
 def make_app(backend: Any = None) -> Starlette:
@@ -141,3 +144,45 @@ def test_configuration_and_mistakes() -> None:
     browser = client(make_app())
     assert browser.get("/auth/nope").status_code == 404
     assert browser.get("/auth/logout").status_code == 405
+
+
+class GatedSaves(MemoryBackend):
+    """A MemoryBackend whose next save waits for ``gate`` (once armed)."""
+
+    gate: asyncio.Event | None = None
+
+    async def save(self, token: Any, record: Any, delta: Any, **kwargs: Any) -> str:
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            await gate.wait()
+        return await super().save(token, record, delta, **kwargs)
+
+
+@pytest.mark.anyio
+async def test_a_refresh_in_flight_keeps_a_parallel_write() -> None:
+    """POST /session/refresh restarts the idle clock without rewriting the data it
+    loaded: another tab's write that lands meanwhile survives (DESIGN §3:
+    concurrent changes of different keys both land)."""
+    backend = GatedSaves()
+    tab = Client(SessionMiddleware(session_app, backend=backend))
+    await tab.get("/set?a=1")
+    endpoints = SessionMiddleware(SessionEndpoints(backend), backend=backend)
+    cookie = f"session={tab.jar['session']}".encode()
+    scope = http_scope("/session/refresh", "", [(b"cookie", cookie), *SAME_ORIGIN])
+    scope["method"] = "POST"
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    gate = backend.gate = asyncio.Event()
+    refresh = asyncio.ensure_future(endpoints(scope, receive, send))
+    await asyncio.sleep(0.01)  # the refresh has loaded and waits in its save
+    await tab.get("/set?b=2")
+    gate.set()
+    await asyncio.wait_for(refresh, 5)
+    assert sent[0]["status"] == 200
+    assert (await tab.get("/read")).json() == {"a": "1", "b": "2"}
