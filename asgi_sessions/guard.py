@@ -124,6 +124,12 @@ class RouteGuard:
         self.return_param = return_param
         self.is_logged_in = is_logged_in
 
+    def _logged_in(self, session: Session) -> bool:
+        # The guard's answer depends on the session: the response varies on the
+        # Cookie even if the app never reads it (DESIGN §3).
+        session.mark_accessed()
+        return self.is_logged_in(session)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind not in ("http", "websocket"):
@@ -140,7 +146,7 @@ class RouteGuard:
                 'scope["session"]): wrap as SessionMiddleware(RouteGuard(app), ...)'
             )
         if path == self.login_path:
-            if kind == "http" and self.is_logged_in(session):
+            if kind == "http" and self._logged_in(session):
                 query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
                 target = safe_return_path(query.get(self.return_param), self.home)
                 await _redirect(send, target)
@@ -151,7 +157,7 @@ class RouteGuard:
         if not is_api and not any(p.match(path) for p in self.protected):
             await self.app(scope, receive, send)
             return
-        if self.is_logged_in(session):
+        if self._logged_in(session):
             await self.app(scope, receive, send)
             return
         if kind == "websocket":

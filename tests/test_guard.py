@@ -107,6 +107,20 @@ async def test_a_logged_in_user_reaches_protected_pages_and_is_sent_back() -> No
     assert response.header_values("location") == ["/app/home"]
 
 
+@pytest.mark.anyio
+async def test_a_guarded_response_varies_on_the_cookie() -> None:
+    """The guard's decision reads the session: a page it lets through varies on the
+    Cookie even when the app never looks at the session (a shared cache must not
+    serve it to the anonymous visitors the guard redirects)."""
+    guard = RouteGuard(session_app, protected=["/untouched"], login_path="/bind")
+    client = Client(SessionMiddleware(guard, backend=MemoryBackend()))
+    await client.get("/bind?user=ann")
+    response = await client.get("/untouched")
+    assert response.status == 200
+    assert response.header_values("vary") == ["Cookie"]
+    assert (await Client(client.app).get("/untouched")).header_values("vary") == ["Cookie"]
+
+
 def test_guard_configuration_is_checked() -> None:
     with pytest.raises(ConfigurationError):
         RouteGuard(session_app, protected="/app/*")
