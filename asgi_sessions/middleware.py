@@ -327,7 +327,7 @@ class SessionMiddleware:
         exists = getattr(self.backend, "exists", None)
         if record is not None and self.websocket_check_interval and exists is not None:
             watcher = asyncio.ensure_future(
-                self._watch(session, record.session_id, exists, self.websocket_check_interval)
+                self._watch(session, exists, self.websocket_check_interval)
             )
         try:
             await self.app(scope, receive_wrapper, send_wrapper)
@@ -346,15 +346,22 @@ class SessionMiddleware:
     async def _watch(
         self,
         session: Session,
-        session_id: str,
         exists: Callable[[str], Awaitable[bool]],
         interval: float,
     ) -> None:
         """While a WebSocket is open, check now and then that its session still
         exists; once it does not, every access to the session raises
-        :class:`SessionRevoked` (the socket must not act on stale data)."""
+        :class:`SessionRevoked` (the socket must not act on stale data). The session
+        checked is the one the socket holds now: a rotation at accept moves it to a
+        new ID, and a socket opened on a grace alias holds the session it leads to."""
         while True:
             await asyncio.sleep(interval)
+            record = session._record
+            if record is None:
+                return  # ended by the socket itself (an invalidate at accept)
+            session_id = record.session_id
+            if record.read_only:
+                session_id = record.extra.get("alias_of") or session_id
             try:
                 alive = await exists(session_id)
             except BackendError as exc:
@@ -477,6 +484,9 @@ class SessionMiddleware:
             return token
         before = None if record is None else record.session_id
         before_user = None if record is None else record.user_id
+        # A set_expiry() of this request: a cookie that becomes a browser-session one
+        # keeps its value, and must still reach the browser without its Max-Age.
+        expiry_set = session._expiry is not None
         try:
             value, ttl = await self._apply(action, session, token, now, scope, rotate=rotate)
             if self._events:
@@ -519,7 +529,7 @@ class SessionMiddleware:
         stored = session._record
         if value is None or stored is None:
             self._set_cookies(headers, self.cookie.render_delete(seen))
-        elif value != token or not stored.browser_session:
+        elif value != token or not stored.browser_session or expiry_set:
             # An unchanged token is re-sent too, so the browser's Max-Age slides.
             # What policy.cookie_max_age(stored, now) gives, computed once by _apply.
             max_age = None if stored.browser_session else ttl
@@ -658,6 +668,16 @@ class SessionMiddleware:
             value, _ = await self._apply(action, session, token, self.clock(), scope, rotate=False)
         except SessionGone:
             logger.info("session %s ended while its WebSocket was open", fingerprint(token))
+            return
+        except BackendError as exc:
+            # Nothing can be sent once the socket is closed, and fail_open or not the
+            # outcome is the same: the changes are lost, which the log says.
+            logger.warning(
+                "session %s: the store failed after its WebSocket closed; the changes "
+                "made during the socket were not stored: %s",
+                fingerprint(token),
+                exc,
+            )
             return
         if value is not None and value != token:
             logger.warning(

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from asgi_sessions import BackendUnavailable, Delta, MemoryBackend, SessionMiddleware, SessionRecord
-from tests.asgi import Client, session_app
+from tests.asgi import Client, session_app, websocket_scope
 
 pytestmark = pytest.mark.anyio
 
@@ -89,3 +89,35 @@ async def test_fail_open_commit_failure_sends_the_response_without_a_cookie() ->
     response = await c.get("/set?k=v")
     assert response.status == 200
     assert response.set_cookies == []
+
+
+async def test_a_store_failure_after_a_websocket_closed_is_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The socket's changes are saved after it closed, when nothing can be sent any
+    more: a failing store loses them with a warning, and the server sees a normal
+    end of the app instead of an exception and its traceback."""
+    backend = Flaky()
+    http = client(backend)
+    await http.get("/set?k=v")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        scope["session"]["k"] = "changed"
+        backend.down = True
+        await send({"type": "websocket.close", "code": 1000})
+
+    messages = [{"type": "websocket.connect"}]
+
+    async def receive() -> Any:
+        return messages.pop() if messages else {"type": "websocket.disconnect"}
+
+    async def send(message: Any) -> None:
+        pass
+
+    cookie = f"session={http.jar['session']}".encode()
+    await SessionMiddleware(app, backend=backend)(websocket_scope(cookie), receive, send)
+    assert "were not stored" in caplog.text
+    backend.down = False
+    assert (await http.get("/read")).json() == {"k": "v"}

@@ -253,6 +253,20 @@ async def test_set_expiry_zero_gives_a_browser_session_cookie(clock: FakeClock) 
     assert (await client.get("/read")).json() == {}
 
 
+async def test_set_expiry_zero_on_a_stored_session_resends_its_cookie(clock: FakeClock) -> None:
+    """ "Remember me" turned off on an existing session: the browser's persistent
+    cookie must become a browser-session cookie, under the same value."""
+    client, _ = make(idle_timeout=600, refresh_after=60, clock=clock)
+    (persistent,) = (await client.get("/set?k=v")).set_cookies
+    assert "Max-Age=600" in persistent
+    (set_cookie,) = (await client.get("/expiry?s=0")).set_cookies
+    assert set_cookie.split(";")[0] == persistent.split(";")[0]
+    assert "Max-Age" not in set_cookie
+    assert "Expires" not in set_cookie
+    # Once a browser-session cookie, an unchanged value is not re-sent on each write.
+    assert (await client.get("/set?k=w")).set_cookies == []
+
+
 async def test_set_expiry_seconds_overrides_idle_timeout(clock: FakeClock) -> None:
     client, _ = make(idle_timeout=600, refresh_after=60, clock=clock)
     (set_cookie,) = (await client.get("/expiry?s=30")).set_cookies
