@@ -569,6 +569,53 @@ async def test_a_fixed_expiry_is_never_slid_by_the_load(
     assert await raw.pttl(key) <= 500_000
 
 
+@pytest.mark.parametrize(
+    ("path", "settings", "alive"),
+    [
+        # A deploy lowered idle_timeout (12 h to 10 min): idle for 2 h is past it.
+        ("/set?x=1", {"idle_timeout": 600}, False),
+        # The session's own idle timeout (set_expiry, 6 h) outranks the setting.
+        ("/expiry?s=21600", {"idle_timeout": 600}, True),
+        # A deploy lowered absolute_timeout (7 days to 1 h) below the session's age.
+        ("/expiry?s=43200", {"idle_timeout": 600, "absolute_timeout": 3600}, False),
+    ],
+)
+async def test_a_refresh_on_load_never_revives_a_session_expired_under_the_new_settings(
+    raw: Redis,
+    backend: RedisBackend,
+    redis_url: str,
+    clock: FakeClock,
+    path: str,
+    settings: dict[str, int],
+    alive: bool,
+) -> None:
+    before = client_for(backend, clock=clock)  # the defaults: 12 h idle, 7 days absolute
+    await before.get(path)
+    (key,) = await keys_of(raw, backend)
+    await raw.pexpire(key, 100_000)  # a TTL that a refresh would push back
+    stored = await raw.hmget(key, ["s", "t"])
+    clock.advance(7200)  # idle 2 h: a refresh is due under either settings
+    # The redeployed process: a new backend, so no remembered schedule skips the script.
+    redeployed = RedisBackend(redis_url, prefix=backend.prefix, operation_timeout=6.0)
+    try:
+        after = client_for(redeployed, clock=clock, **settings)
+        after.jar = dict(before.jar)
+        response = await after.get("/read")
+    finally:
+        await redeployed.aclose()
+    if alive:
+        assert response.json() == {"x": "1"}
+        assert "Max-Age=21600" in response.set_cookies[0]
+        assert await raw.pttl(key) > 100_000
+    else:
+        # As MemoryBackend: expired, so an anonymous session, and the record is not
+        # refreshed (no later last-seen, no later TTL).
+        assert response.json() == {}
+        assert response.set_cookies == []
+        assert await raw.hmget(key, ["s", "t"]) == stored
+        assert await raw.pttl(key) <= 100_000
+
+
 def test_decode_responses_client_is_refused(redis_url: str) -> None:
     client = Redis.from_url(redis_url, decode_responses=True)
     with pytest.raises(ConfigurationError, match="decode_responses"):

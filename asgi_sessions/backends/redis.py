@@ -29,7 +29,8 @@ index's is the latest absolute deadline of its members. TTLs are always relative
 Round trips: a load is one plain HGET of ``x`` when this process remembers that no
 refresh is due yet (a bounded map of session ID -> due time, filled by every load and
 save). Otherwise it is one EVALSHA that reads ``x`` and, when ``t`` has passed, folds in
-the sliding refresh (new ``s``, ``t``, TTL and view). A Lua script costs the server
+the sliding refresh (new ``s``, ``t``, TTL and view), unless the session is past its
+deadline under the settings the load runs with (a deploy may have lowered them). A Lua script costs the server
 several times a plain read, which is why the common read avoids one. A stale due time is
 harmless: the schedule only moves later, except when another process shortens it, and
 then the middleware sees the refresh due in the record and touches. A commit is one
@@ -173,10 +174,26 @@ end
 """
 # The load when a refresh may be due: the view, and when ``t`` has passed the
 # sliding refresh (new ``s``, ``t`` and TTL, and a new view), answered as
-# [refreshed, view]. ARGV[1] is now, ARGV[2] the new ``s``.
+# [refreshed, view]. ARGV[1] is now, ARGV[2] the new ``s``, ARGV[3] and ARGV[4] the
+# idle and absolute timeouts of the policy the load runs under. ``z`` holds the
+# settings of the last write, which a deploy may have lowered since: a session past
+# its deadline under the load's policy (ExpiryPolicy.is_expired) is not refreshed, so
+# the caller finds it expired and its TTL stays as it was.
 _LOAD = (
     _VIEW
     + """
+local function alive(m, now)
+  local ok, meta = pcall(cmsgpack.unpack, m)
+  local ok_seen, seen = pcall(cmsgpack.unpack, redis.call('HGET', KEYS[1], 's') or '')
+  if not (ok and ok_seen and type(meta) == 'table' and type(seen) == 'table') then
+    return false  -- not ours: nothing is refreshed, and the caller's parse decides
+  end
+  local idle = tonumber(meta['i']) or tonumber(ARGV[3])
+  local last, created, absolute = tonumber(seen[1]), tonumber(meta['c']), tonumber(ARGV[4])
+  if not (idle and last and created and absolute) then return false end
+  local idle_end = tonumber(meta['f']) or last + idle
+  return now < idle_end and now < created + absolute
+end
 local v = redis.call('HMGET', KEYS[1], 'x', 't', 'z', 'a', 'm')
 local x, t, z, a = v[1], v[2], v[3], v[4]
 if not x then
@@ -185,7 +202,7 @@ if not x then
 end
 local refreshed = '\\194'
 local now = tonumber(ARGV[1])
-if now and t and z and not a and now >= (tonumber(t) or math.huge) then
+if now and t and z and not a and now >= (tonumber(t) or math.huge) and alive(v[5], now) then
   local period, idle, cap = string.match(z, '^(%S+) (%S+) (%S+)$')
   period, idle, cap = tonumber(period), tonumber(idle), tonumber(cap)
   local deadline = period and idle and cap and math.min(now + idle, cap)
@@ -1240,7 +1257,16 @@ class RedisBackend:
                 raw = await self._run(self._fast.hget(key, "x"))
             else:
                 seen = _packed_seen(_seen_list(now, ip, user_agent))
-                raw = await self._run(_load(self._fast, key, repr(now).encode(), seen))
+                raw = await self._run(
+                    _load(
+                        self._fast,
+                        key,
+                        repr(now).encode(),
+                        seen,
+                        policy.idle_timeout,
+                        policy.absolute_timeout,
+                    )
+                )
                 if raw:
                     refreshed, raw = raw[1] == 0xC3, raw[2:]
         except BackendUnavailable as exc:
