@@ -236,6 +236,13 @@ return '\\146' .. refreshed .. x
 _SAVE = (
     _VIEW
     + """
+-- ARGV[from..to] to the command, 1000 at a time (an even number: HSET's pairs stay
+-- whole): unpack() refuses more than about 8000 values, a session of 4000 keys.
+local function in_chunks(command, from, to)
+  for j = from, to, 1000 do
+    redis.call(command, KEYS[1], unpack(ARGV, j, math.min(j + 999, to)))
+  end
+end
 local last = 5 + 2 * tonumber(ARGV[3])
 local upto, merged = last, nil
 if ARGV[1] == 'n' then
@@ -275,8 +282,8 @@ else
     if #merged - #seen > tonumber(ARGV[5]) then return 3 end
   end
 end
-if upto > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6, upto)) end
-if #ARGV > last then redis.call('HDEL', KEYS[1], unpack(ARGV, last + 1, #ARGV)) end
+if upto > 5 then in_chunks('HSET', 6, upto) end
+if #ARGV > last then in_chunks('HDEL', last + 1, #ARGV) end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 if merged then
   -- Best effort: a server out of memory refuses the write; the next writer rebuilds.
