@@ -518,6 +518,71 @@ async def test_a_stored_alias_or_index_member_that_is_not_a_session_id_is_ignore
     assert await backend.revoke_user("ann") == 0
 
 
+async def test_revoke_all_leaves_the_apps_own_keys_under_the_prefix_alone(
+    raw: Redis, backend: RedisBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An app that uses its own namespace as the prefix keeps its keys: only a key
+    named and typed as a session (a hash at ``s:<64 hex>``) or a user's index (a zset
+    at ``u:{<32 hex>}``) goes. Before, every key under ``s:`` and ``u:`` went, and
+    one that was not a hash made revoke_all fail with WRONGTYPE."""
+    client = client_for(backend)
+    await client.get("/set?a=1")
+    await client.get("/bind?user=ann")  # an index key, and a grace alias
+    ours = await keys_of(raw, backend)
+    assert len(ours) == 3
+    p = backend.prefix
+    theirs = {
+        f"{p}u:42": "the app's user record",
+        f"{p}s:{'a' * 64}": "a string where a session would be",
+        f"{p}u:{{{'b' * 32}}}": "a string where an index would be",
+    }
+    for key, value in theirs.items():
+        await raw.set(key, value)
+    await raw.hset(f"{p}s:config", mapping={"theme": "dark"})
+    await raw.hset(f"{p}s:{'c' * 64}:extra", mapping={"m": "1"})
+    await raw.zadd(f"{p}u:{'d' * 32}", {"member": 1})
+    assert await backend.revoke_all() == 1
+    assert (await client.get("/read")).json() == {}
+    left = set(await keys_of(raw, backend))
+    assert left.isdisjoint(ours)
+    assert len(left) == 6
+    for key, value in theirs.items():
+        assert await raw.get(key) == value.encode()
+    assert await raw.hgetall(f"{p}s:config") == {b"theme": b"dark"}
+    assert "revoke_all left 6 keys" in caplog.text
+    assert "(4 with a name none of its keys has, 2 of another type)" in caplog.text
+
+
+async def test_revoke_all_finds_the_sessions_of_a_prefix_with_glob_characters(
+    raw: Redis, redis_url: str
+) -> None:
+    """The prefix is matched as text: ``[*]?`` is not a pattern that misses this
+    backend's keys and matches another's (``*x``)."""
+    tag = uuid.uuid4().hex[:12]
+    backend = RedisBackend(redis_url, prefix=f"t{tag}[*]?:", operation_timeout=6.0)
+    neighbour = RedisBackend(redis_url, prefix=f"t{tag}*x:", operation_timeout=6.0)
+
+    async def keys_starting(prefix: str) -> list[bytes]:
+        return [
+            key
+            async for key in raw.scan_iter(match=f"t{tag}*", count=1000)
+            if key.startswith(prefix.encode())
+        ]
+
+    try:
+        await client_for(backend).get("/bind?user=ann")
+        kept = client_for(neighbour)
+        await kept.get("/set?a=1")
+        assert len(await keys_starting(backend.prefix)) == 2  # the session, its index
+        assert await backend.revoke_all() == 1
+        assert await keys_starting(backend.prefix) == []
+        assert (await kept.get("/read")).json() == {"a": "1"}
+    finally:
+        await neighbour.revoke_all()
+        await backend.aclose()
+        await neighbour.aclose()
+
+
 async def test_refresh_is_folded_into_the_load(
     raw: Redis, backend: RedisBackend, clock: FakeClock
 ) -> None:

@@ -91,7 +91,7 @@ import math
 import re
 import struct
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
@@ -1044,6 +1044,10 @@ def _packed_due(due: float | None) -> bytes:
 
 
 _SESSION_ID = re.compile(r"[0-9a-f]{64}")
+# What follows ``{prefix}u:`` in a user's index key (see RedisBackend._user_key).
+_INDEX_TAG = re.compile(r"\{[0-9a-f]{32}\}")
+# The characters a SCAN MATCH pattern gives a meaning to.
+_GLOB = re.compile(r"[*?\[\]\\]")
 
 
 def _id(raw: Any) -> str | None:
@@ -1988,34 +1992,71 @@ class RedisBackend:
     async def revoke_all(self) -> int:
         """End every session under this backend's prefix, bound to a user or not,
         with their grace aliases and the per-user indexes; returns how many live
-        sessions ended. One SCAN pass (every master of a Cluster) and single-key
-        deletes in batches; a session created while it runs may survive it.
-        Raises :class:`BackendUnavailable` when Redis fails."""
+        sessions ended. One SCAN pass (every master of a Cluster), each step within
+        ``operation_timeout``, and single-key deletes in batches; a session created
+        while it runs may survive it. Only this backend's keys go: a key under the
+        prefix whose name no session or index key has, or that has another type
+        (the app's own, when it shares the prefix), is left alone, and counted in a
+        log line. Raises :class:`BackendUnavailable` when Redis fails."""
         ended = 0
-        start = len(self.prefix) + 2
-        try:
-            batch: list[str] = []
-            async for key in self.client.scan_iter(match=f"{self.prefix}s:*", count=1000):
-                batch.append(key.decode()[start:])
-                if len(batch) >= 500:
-                    ended += await self._end_all(batch)
-                    batch = []
-            ended += await self._end_all(batch)
-            indexes = [
-                key async for key in self.client.scan_iter(match=f"{self.prefix}u:*", count=1000)
-            ]
-        except RedisError as exc:
-            raise BackendUnavailable(f"Redis failed: {type(exc).__name__}: {exc}") from exc
+        other_names = other_types = 0
+        batch: list[str] = []
+        async for key in self._scan("s:"):
+            session_id = _id(key)
+            if session_id is None:
+                other_names += 1
+                continue
+            batch.append(session_id)
+            if len(batch) >= 500:
+                done, skipped = await self._end_all(batch)
+                ended, other_types = ended + done, other_types + skipped
+                batch = []
+        done, skipped = await self._end_all(batch)
+        ended, other_types = ended + done, other_types + skipped
+        indexes: list[str] = []
+        async for key in self._scan("u:"):
+            tag = key.decode("latin-1")  # never fails; a non-ASCII byte then fails the match
+            if _INDEX_TAG.fullmatch(tag):
+                indexes.append(f"{self.prefix}u:{tag}")
+            else:
+                other_names += 1
         for first in range(0, len(indexes), 500):
-            await self._run(
-                asyncio.gather(*(self.client.delete(k) for k in indexes[first : first + 500]))
+            chunk = indexes[first : first + 500]
+            kinds = await self._run(asyncio.gather(*(self.client.type(k) for k in chunk)))
+            mine = [k for k, kind in zip(chunk, kinds, strict=True) if kind == b"zset"]
+            other_types += len(chunk) - len(mine)
+            await self._run(asyncio.gather(*(self.client.delete(k) for k in mine)))
+        if other_names or other_types:
+            logger.warning(
+                "revoke_all left %d keys under the prefix %r alone: not this backend's "
+                "(%d with a name none of its keys has, %d of another type)",
+                other_names + other_types,
+                self.prefix,
+                other_names,
+                other_types,
             )
         return ended
 
-    async def _end_all(self, ids: list[str]) -> int:
+    async def _scan(self, kind: str) -> AsyncIterator[bytes]:
+        """The names, after ``{prefix}{kind}``, of the keys that start so: a SCAN of
+        every master, each step bounded by ``operation_timeout``."""
+        start = len(self.prefix) + len(kind)
+        # Glob characters in the prefix stand for themselves.
+        pattern = _GLOB.sub(r"\\\g<0>", self.prefix + kind) + "*"
+        keys = self.client.scan_iter(match=pattern, count=1000)
+        while (key := await self._run(anext(keys, None))) is not None:
+            yield key[start:]
+
+    async def _end_all(self, ids: list[str]) -> tuple[int, int]:
+        """End the sessions (and aliases) ``ids`` for revoke_all: how many live
+        sessions ended, and how many of ``ids`` were left alone, not being hashes."""
         if not ids:
-            return 0
+            return 0, 0
         self._due.clear()
+        kinds = await self._run(asyncio.gather(*(self.client.type(self._key(i)) for i in ids)))
+        others = len(ids)
+        ids = [i for i, kind in zip(ids, kinds, strict=True) if kind == b"hash"]
+        others -= len(ids)
         states = await self._states(ids)
         await self._run(asyncio.gather(*(self.client.delete(self._key(i)) for i in ids)))
         live = [
@@ -2028,4 +2069,4 @@ class RedisBackend:
                         "revoked", session_hash(session_id), state.user_id, reason="all sessions"
                     )
                 )
-        return len(live)
+        return len(live), others
