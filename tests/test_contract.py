@@ -261,6 +261,47 @@ async def test_removed_keys_are_removed(subject: Subject) -> None:
     assert final.data == {"a": 1}
 
 
+async def test_a_session_of_thousands_of_keys_saves_rotates_and_loads_back(
+    subject: Subject,
+) -> None:
+    if not subject.stateful or subject.snapshot:
+        pytest.skip("the data travels in the cookie, which cannot carry thousands of keys")
+    backend = subject.backend
+    # More keys than one Lua unpack() takes (about 8000 values: 4000 field pairs).
+    data = {f"k{i}": 1 for i in range(5000)}
+    token, _ = await create(backend, data)
+    loaded = await backend.load(token, now=NOW)
+    assert loaded is not None
+    assert loaded.data == data
+    token = await rotate(backend, token)
+    loaded = await backend.load(token, now=NOW)
+    assert loaded is not None
+    assert loaded.data == data
+    # A delta that sets them all, merged over a parallel request's save; then one
+    # that removes them all but two.
+    one, two = await load_twice(backend, token)
+    await update(backend, token, one, {"other": 3})
+    changed = dict.fromkeys(data, 2)
+    token = await update(backend, token, two, changed)
+    loaded = await backend.load(token, now=NOW)
+    assert loaded is not None
+    assert loaded.data == {**changed, "other": 3}
+    removed = frozenset(data) - {"k0"}
+    loaded.data = {"k0": 2, "other": 3}
+    token = await backend.save(token, loaded, Delta({}, removed), now=NOW, ttl=600, rotate=False)
+    loaded = await backend.load(token, now=NOW)
+    assert loaded is not None
+    assert loaded.data == {"k0": 2, "other": 3}
+    # And a replacement of the data by thousands of keys again.
+    loaded.data = dict(data)
+    token = await backend.save(
+        token, loaded, Delta(data, replace=True), now=NOW, ttl=600, rotate=False
+    )
+    loaded = await backend.load(token, now=NOW)
+    assert loaded is not None
+    assert loaded.data == data
+
+
 async def test_record_lives_for_its_ttl(subject: Subject) -> None:
     backend = subject.backend
     ttl = 2 if subject.real_time else 600

@@ -518,6 +518,71 @@ async def test_a_stored_alias_or_index_member_that_is_not_a_session_id_is_ignore
     assert await backend.revoke_user("ann") == 0
 
 
+async def test_revoke_all_leaves_the_apps_own_keys_under_the_prefix_alone(
+    raw: Redis, backend: RedisBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An app that uses its own namespace as the prefix keeps its keys: only a key
+    named and typed as a session (a hash at ``s:<64 hex>``) or a user's index (a zset
+    at ``u:{<32 hex>}``) goes. Before, every key under ``s:`` and ``u:`` went, and
+    one that was not a hash made revoke_all fail with WRONGTYPE."""
+    client = client_for(backend)
+    await client.get("/set?a=1")
+    await client.get("/bind?user=ann")  # an index key, and a grace alias
+    ours = await keys_of(raw, backend)
+    assert len(ours) == 3
+    p = backend.prefix
+    theirs = {
+        f"{p}u:42": "the app's user record",
+        f"{p}s:{'a' * 64}": "a string where a session would be",
+        f"{p}u:{{{'b' * 32}}}": "a string where an index would be",
+    }
+    for key, value in theirs.items():
+        await raw.set(key, value)
+    await raw.hset(f"{p}s:config", mapping={"theme": "dark"})
+    await raw.hset(f"{p}s:{'c' * 64}:extra", mapping={"m": "1"})
+    await raw.zadd(f"{p}u:{'d' * 32}", {"member": 1})
+    assert await backend.revoke_all() == 1
+    assert (await client.get("/read")).json() == {}
+    left = set(await keys_of(raw, backend))
+    assert left.isdisjoint(ours)
+    assert len(left) == 6
+    for key, value in theirs.items():
+        assert await raw.get(key) == value.encode()
+    assert await raw.hgetall(f"{p}s:config") == {b"theme": b"dark"}
+    assert "revoke_all left 6 keys" in caplog.text
+    assert "(4 with a name none of its keys has, 2 of another type)" in caplog.text
+
+
+async def test_revoke_all_finds_the_sessions_of_a_prefix_with_glob_characters(
+    raw: Redis, redis_url: str
+) -> None:
+    """The prefix is matched as text: ``[*]?`` is not a pattern that misses this
+    backend's keys and matches another's (``*x``)."""
+    tag = uuid.uuid4().hex[:12]
+    backend = RedisBackend(redis_url, prefix=f"t{tag}[*]?:", operation_timeout=6.0)
+    neighbour = RedisBackend(redis_url, prefix=f"t{tag}*x:", operation_timeout=6.0)
+
+    async def keys_starting(prefix: str) -> list[bytes]:
+        return [
+            key
+            async for key in raw.scan_iter(match=f"t{tag}*", count=1000)
+            if key.startswith(prefix.encode())
+        ]
+
+    try:
+        await client_for(backend).get("/bind?user=ann")
+        kept = client_for(neighbour)
+        await kept.get("/set?a=1")
+        assert len(await keys_starting(backend.prefix)) == 2  # the session, its index
+        assert await backend.revoke_all() == 1
+        assert await keys_starting(backend.prefix) == []
+        assert (await kept.get("/read")).json() == {"a": "1"}
+    finally:
+        await neighbour.revoke_all()
+        await backend.aclose()
+        await neighbour.aclose()
+
+
 async def test_refresh_is_folded_into_the_load(
     raw: Redis, backend: RedisBackend, clock: FakeClock
 ) -> None:
@@ -567,6 +632,53 @@ async def test_a_fixed_expiry_is_never_slid_by_the_load(
     response = await client.get("/read")
     assert response.set_cookies == []
     assert await raw.pttl(key) <= 500_000
+
+
+@pytest.mark.parametrize(
+    ("path", "settings", "alive"),
+    [
+        # A deploy lowered idle_timeout (12 h to 10 min): idle for 2 h is past it.
+        ("/set?x=1", {"idle_timeout": 600}, False),
+        # The session's own idle timeout (set_expiry, 6 h) outranks the setting.
+        ("/expiry?s=21600", {"idle_timeout": 600}, True),
+        # A deploy lowered absolute_timeout (7 days to 1 h) below the session's age.
+        ("/expiry?s=43200", {"idle_timeout": 600, "absolute_timeout": 3600}, False),
+    ],
+)
+async def test_a_refresh_on_load_never_revives_a_session_expired_under_the_new_settings(
+    raw: Redis,
+    backend: RedisBackend,
+    redis_url: str,
+    clock: FakeClock,
+    path: str,
+    settings: dict[str, int],
+    alive: bool,
+) -> None:
+    before = client_for(backend, clock=clock)  # the defaults: 12 h idle, 7 days absolute
+    await before.get(path)
+    (key,) = await keys_of(raw, backend)
+    await raw.pexpire(key, 100_000)  # a TTL that a refresh would push back
+    stored = await raw.hmget(key, ["s", "t"])
+    clock.advance(7200)  # idle 2 h: a refresh is due under either settings
+    # The redeployed process: a new backend, so no remembered schedule skips the script.
+    redeployed = RedisBackend(redis_url, prefix=backend.prefix, operation_timeout=6.0)
+    try:
+        after = client_for(redeployed, clock=clock, **settings)
+        after.jar = dict(before.jar)
+        response = await after.get("/read")
+    finally:
+        await redeployed.aclose()
+    if alive:
+        assert response.json() == {"x": "1"}
+        assert "Max-Age=21600" in response.set_cookies[0]
+        assert await raw.pttl(key) > 100_000
+    else:
+        # As MemoryBackend: expired, so an anonymous session, and the record is not
+        # refreshed (no later last-seen, no later TTL).
+        assert response.json() == {}
+        assert response.set_cookies == []
+        assert await raw.hmget(key, ["s", "t"]) == stored
+        assert await raw.pttl(key) <= 100_000
 
 
 def test_decode_responses_client_is_refused(redis_url: str) -> None:

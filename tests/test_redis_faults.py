@@ -353,6 +353,35 @@ async def test_paused_under_load_every_request_gets_a_bounded_503_and_no_crossta
     seen.check(logs)
 
 
+async def test_admin_operations_under_a_paused_redis_end_within_the_operation_timeout(
+    private_redis: RedisServer,
+) -> None:
+    """The per-user and admin operations are bounded as a request is, whatever the
+    client's own timeouts: revoke_all's SCAN once waited for the client's socket
+    timeout (here 10 s)."""
+    client = Redis.from_url(private_redis.url, socket_timeout=10)
+    backend = RedisBackend(client, operation_timeout=OPERATION_TIMEOUT)
+    try:
+        await Client(SessionMiddleware(session_app, backend=backend)).get("/bind?user=ann")
+        private_redis.pause()
+        try:
+            for operation in (
+                lambda: backend.list_sessions("ann"),
+                lambda: backend.revoke_user("ann"),
+                backend.revoke_all,
+            ):
+                started = time.monotonic()
+                with pytest.raises(BackendUnavailable):
+                    await operation()
+                assert time.monotonic() - started < BOUND, operation
+        finally:
+            private_redis.resume()
+        assert await backend.revoke_all() == 1  # and it works again once Redis answers
+    finally:
+        await backend.aclose()
+        await client.aclose()
+
+
 # -- 4. out of memory -------------------------------------------------------------------------
 
 

@@ -29,7 +29,8 @@ index's is the latest absolute deadline of its members. TTLs are always relative
 Round trips: a load is one plain HGET of ``x`` when this process remembers that no
 refresh is due yet (a bounded map of session ID -> due time, filled by every load and
 save). Otherwise it is one EVALSHA that reads ``x`` and, when ``t`` has passed, folds in
-the sliding refresh (new ``s``, ``t``, TTL and view). A Lua script costs the server
+the sliding refresh (new ``s``, ``t``, TTL and view), unless the session is past its
+deadline under the settings the load runs with (a deploy may have lowered them). A Lua script costs the server
 several times a plain read, which is why the common read avoids one. A stale due time is
 harmless: the schedule only moves later, except when another process shortens it, and
 then the middleware sees the refresh due in the record and touches. A commit is one
@@ -90,7 +91,7 @@ import math
 import re
 import struct
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
@@ -173,10 +174,26 @@ end
 """
 # The load when a refresh may be due: the view, and when ``t`` has passed the
 # sliding refresh (new ``s``, ``t`` and TTL, and a new view), answered as
-# [refreshed, view]. ARGV[1] is now, ARGV[2] the new ``s``.
+# [refreshed, view]. ARGV[1] is now, ARGV[2] the new ``s``, ARGV[3] and ARGV[4] the
+# idle and absolute timeouts of the policy the load runs under. ``z`` holds the
+# settings of the last write, which a deploy may have lowered since: a session past
+# its deadline under the load's policy (ExpiryPolicy.is_expired) is not refreshed, so
+# the caller finds it expired and its TTL stays as it was.
 _LOAD = (
     _VIEW
     + """
+local function alive(m, now)
+  local ok, meta = pcall(cmsgpack.unpack, m)
+  local ok_seen, seen = pcall(cmsgpack.unpack, redis.call('HGET', KEYS[1], 's') or '')
+  if not (ok and ok_seen and type(meta) == 'table' and type(seen) == 'table') then
+    return false  -- not ours: nothing is refreshed, and the caller's parse decides
+  end
+  local idle = tonumber(meta['i']) or tonumber(ARGV[3])
+  local last, created, absolute = tonumber(seen[1]), tonumber(meta['c']), tonumber(ARGV[4])
+  if not (idle and last and created and absolute) then return false end
+  local idle_end = tonumber(meta['f']) or last + idle
+  return now < idle_end and now < created + absolute
+end
 local v = redis.call('HMGET', KEYS[1], 'x', 't', 'z', 'a', 'm')
 local x, t, z, a = v[1], v[2], v[3], v[4]
 if not x then
@@ -185,7 +202,7 @@ if not x then
 end
 local refreshed = '\\194'
 local now = tonumber(ARGV[1])
-if now and t and z and not a and now >= (tonumber(t) or math.huge) then
+if now and t and z and not a and now >= (tonumber(t) or math.huge) and alive(v[5], now) then
   local period, idle, cap = string.match(z, '^(%S+) (%S+) (%S+)$')
   period, idle, cap = tonumber(period), tonumber(idle), tonumber(cap)
   local deadline = period and idle and cap and math.min(now + idle, cap)
@@ -219,6 +236,13 @@ return '\\146' .. refreshed .. x
 _SAVE = (
     _VIEW
     + """
+-- ARGV[from..to] to the command, 1000 at a time (an even number: HSET's pairs stay
+-- whole): unpack() refuses more than about 8000 values, a session of 4000 keys.
+local function in_chunks(command, from, to)
+  for j = from, to, 1000 do
+    redis.call(command, KEYS[1], unpack(ARGV, j, math.min(j + 999, to)))
+  end
+end
 local last = 5 + 2 * tonumber(ARGV[3])
 local upto, merged = last, nil
 if ARGV[1] == 'n' then
@@ -258,8 +282,8 @@ else
     if #merged - #seen > tonumber(ARGV[5]) then return 3 end
   end
 end
-if upto > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6, upto)) end
-if #ARGV > last then redis.call('HDEL', KEYS[1], unpack(ARGV, last + 1, #ARGV)) end
+if upto > 5 then in_chunks('HSET', 6, upto) end
+if #ARGV > last then in_chunks('HDEL', last + 1, #ARGV) end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 if merged then
   -- Best effort: a server out of memory refuses the write; the next writer rebuilds.
@@ -1020,6 +1044,10 @@ def _packed_due(due: float | None) -> bytes:
 
 
 _SESSION_ID = re.compile(r"[0-9a-f]{64}")
+# What follows ``{prefix}u:`` in a user's index key (see RedisBackend._user_key).
+_INDEX_TAG = re.compile(r"\{[0-9a-f]{32}\}")
+# The characters a SCAN MATCH pattern gives a meaning to.
+_GLOB = re.compile(r"[*?\[\]\\]")
 
 
 def _id(raw: Any) -> str | None:
@@ -1240,7 +1268,16 @@ class RedisBackend:
                 raw = await self._run(self._fast.hget(key, "x"))
             else:
                 seen = _packed_seen(_seen_list(now, ip, user_agent))
-                raw = await self._run(_load(self._fast, key, repr(now).encode(), seen))
+                raw = await self._run(
+                    _load(
+                        self._fast,
+                        key,
+                        repr(now).encode(),
+                        seen,
+                        policy.idle_timeout,
+                        policy.absolute_timeout,
+                    )
+                )
                 if raw:
                     refreshed, raw = raw[1] == 0xC3, raw[2:]
         except BackendUnavailable as exc:
@@ -1955,34 +1992,71 @@ class RedisBackend:
     async def revoke_all(self) -> int:
         """End every session under this backend's prefix, bound to a user or not,
         with their grace aliases and the per-user indexes; returns how many live
-        sessions ended. One SCAN pass (every master of a Cluster) and single-key
-        deletes in batches; a session created while it runs may survive it.
-        Raises :class:`BackendUnavailable` when Redis fails."""
+        sessions ended. One SCAN pass (every master of a Cluster), each step within
+        ``operation_timeout``, and single-key deletes in batches; a session created
+        while it runs may survive it. Only this backend's keys go: a key under the
+        prefix whose name no session or index key has, or that has another type
+        (the app's own, when it shares the prefix), is left alone, and counted in a
+        log line. Raises :class:`BackendUnavailable` when Redis fails."""
         ended = 0
-        start = len(self.prefix) + 2
-        try:
-            batch: list[str] = []
-            async for key in self.client.scan_iter(match=f"{self.prefix}s:*", count=1000):
-                batch.append(key.decode()[start:])
-                if len(batch) >= 500:
-                    ended += await self._end_all(batch)
-                    batch = []
-            ended += await self._end_all(batch)
-            indexes = [
-                key async for key in self.client.scan_iter(match=f"{self.prefix}u:*", count=1000)
-            ]
-        except RedisError as exc:
-            raise BackendUnavailable(f"Redis failed: {type(exc).__name__}: {exc}") from exc
+        other_names = other_types = 0
+        batch: list[str] = []
+        async for key in self._scan("s:"):
+            session_id = _id(key)
+            if session_id is None:
+                other_names += 1
+                continue
+            batch.append(session_id)
+            if len(batch) >= 500:
+                done, skipped = await self._end_all(batch)
+                ended, other_types = ended + done, other_types + skipped
+                batch = []
+        done, skipped = await self._end_all(batch)
+        ended, other_types = ended + done, other_types + skipped
+        indexes: list[str] = []
+        async for key in self._scan("u:"):
+            tag = key.decode("latin-1")  # never fails; a non-ASCII byte then fails the match
+            if _INDEX_TAG.fullmatch(tag):
+                indexes.append(f"{self.prefix}u:{tag}")
+            else:
+                other_names += 1
         for first in range(0, len(indexes), 500):
-            await self._run(
-                asyncio.gather(*(self.client.delete(k) for k in indexes[first : first + 500]))
+            chunk = indexes[first : first + 500]
+            kinds = await self._run(asyncio.gather(*(self.client.type(k) for k in chunk)))
+            mine = [k for k, kind in zip(chunk, kinds, strict=True) if kind == b"zset"]
+            other_types += len(chunk) - len(mine)
+            await self._run(asyncio.gather(*(self.client.delete(k) for k in mine)))
+        if other_names or other_types:
+            logger.warning(
+                "revoke_all left %d keys under the prefix %r alone: not this backend's "
+                "(%d with a name none of its keys has, %d of another type)",
+                other_names + other_types,
+                self.prefix,
+                other_names,
+                other_types,
             )
         return ended
 
-    async def _end_all(self, ids: list[str]) -> int:
+    async def _scan(self, kind: str) -> AsyncIterator[bytes]:
+        """The names, after ``{prefix}{kind}``, of the keys that start so: a SCAN of
+        every master, each step bounded by ``operation_timeout``."""
+        start = len(self.prefix) + len(kind)
+        # Glob characters in the prefix stand for themselves.
+        pattern = _GLOB.sub(r"\\\g<0>", self.prefix + kind) + "*"
+        keys = self.client.scan_iter(match=pattern, count=1000)
+        while (key := await self._run(anext(keys, None))) is not None:
+            yield key[start:]
+
+    async def _end_all(self, ids: list[str]) -> tuple[int, int]:
+        """End the sessions (and aliases) ``ids`` for revoke_all: how many live
+        sessions ended, and how many of ``ids`` were left alone, not being hashes."""
         if not ids:
-            return 0
+            return 0, 0
         self._due.clear()
+        kinds = await self._run(asyncio.gather(*(self.client.type(self._key(i)) for i in ids)))
+        others = len(ids)
+        ids = [i for i, kind in zip(ids, kinds, strict=True) if kind == b"hash"]
+        others -= len(ids)
         states = await self._states(ids)
         await self._run(asyncio.gather(*(self.client.delete(self._key(i)) for i in ids)))
         live = [
@@ -1995,4 +2069,4 @@ class RedisBackend:
                         "revoked", session_hash(session_id), state.user_id, reason="all sessions"
                     )
                 )
-        return len(live)
+        return len(live), others
