@@ -176,6 +176,50 @@ async def test_parallel_requests_with_one_expired_pair_rotate_exactly_once(
     assert info.session_id == _session_id_of(issued[0])  # ... the one the cookie names
 
 
+async def test_parallel_refreshes_loaded_before_either_commits_keep_the_browser_logged_in(
+    store: Any, clock: FakeClock
+) -> None:
+    """Two requests of one browser with the same expired pair, both loaded before
+    either commits (an app that awaits a database): exactly one rotates, the other
+    sends no cookie, and the browser's next request is still logged in. On the
+    memory store both records shared the stored entry's ``extra`` dict: the second
+    commit found the first's new refresh token and no due refresh there, and sent an
+    access token for the old session ID next to the new refresh token (a pair that
+    is refused: the browser was logged out), and the raw refresh token stayed in the
+    store."""
+    both_loaded = asyncio.Event()
+    arrived = 0
+
+    async def waits(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        nonlocal arrived
+        arrived += 1
+        if arrived == 2:
+            both_loaded.set()
+        await both_loaded.wait()
+        await session_app(scope, receive, send)
+
+    backend = hybrid(store, clock)
+    client = client_for(backend, clock)
+    await client.get("/bind?user=ann")
+    cookie = f"session={client.jar['session']}".encode()
+    clock.advance(ACCESS + 1)
+    app = SessionMiddleware(waits, backend=backend, clock=clock)
+    async with asyncio.timeout(10):
+        responses = await asyncio.gather(
+            *(Client(app).get("/read", cookie=cookie) for _ in range(2))
+        )
+    assert all(r.json() == {"user": "ann"} for r in responses)
+    issued = [c for r in responses for c in r.set_cookies]
+    assert len(issued) == 1
+    assert "Max-Age=0" not in issued[0]
+    client.jar["session"] = issued[0].split(";", 1)[0].partition("=")[2]
+    assert (await client.get("/read")).json() == {"user": "ann"}
+    (info,) = await backend.list_sessions("ann")
+    assert info.session_id == _session_id_of(issued[0])
+    if isinstance(store, MemoryBackend):
+        assert all(entry.meta.extra == {} for entry in store._entries.values())
+
+
 def _session_id_of(set_cookie: str) -> str:
     from asgi_sessions.backends._tokens import token_id
 

@@ -125,6 +125,9 @@ class MemoryBackend:
             )
             return record
         meta = entry.meta
+        # Each record gets its own extra: a backend keeps per-request state there
+        # (the hybrid its refresh token and due rotation), which must reach neither
+        # the store nor a parallel request's record.
         if (
             policy is not None
             and policy.refresh_due(meta, now)
@@ -134,8 +137,8 @@ class MemoryBackend:
             meta.ip, meta.user_agent = ip, user_agent
             entry.expires_at = now + policy.ttl(meta, now)
             self._bump(key, entry)
-            return replace(meta, data=data, refreshed=True)
-        return replace(meta, data=data)
+            return replace(meta, data=data, refreshed=True, extra={})
+        return replace(meta, data=data, extra={})
 
     async def save(
         self,
