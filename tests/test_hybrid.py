@@ -937,6 +937,44 @@ async def test_a_request_in_flight_during_a_rotation_keeps_the_browser_logged_in
     assert (await client.get("/read")).json() == {"cart": "3", "user": "ann"}
 
 
+async def test_a_refresh_committed_after_the_grace_leaves_the_new_cookie_alone(
+    quick_store: Any, clock: FakeClock
+) -> None:
+    """A slow request (a long poll) loads the expired pair, a parallel request of the
+    browser refreshes it, and the slow one commits after the grace alias expired:
+    the store no longer knows the old token, but the spent-token ledger knows it was
+    rotated into a session that is still live, so the response sends no cookie. It
+    sent Max-Age=0 and logged the browser out of a live session. A late commit is no
+    reuse either: no alarm, and the family lives on."""
+    events: list[SessionEvent] = []
+    loaded, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        loaded.set()
+        await release.wait()
+        await session_app(scope, receive, send)
+
+    backend = hybrid(quick_store, clock, on_event=events.append)
+    client = client_for(backend, clock)
+    await client.get("/bind?user=ann")
+    old = f"session={client.jar['session']}".encode()
+    clock.advance(ACCESS + 1)
+    slow_app = SessionMiddleware(slow, backend=backend, clock=clock)
+    in_flight = asyncio.ensure_future(Client(slow_app).get("/read", cookie=old))
+    async with asyncio.timeout(10):
+        await loaded.wait()
+        refreshed = await client.get("/read")
+        assert refreshed.set_cookies  # the parallel request rotated the pair
+        await past_grace(quick_store, clock)
+        release.set()
+        late = await in_flight
+    assert late.status == 200
+    assert late.set_cookies == []
+    assert (await client.get("/read")).json() == {"user": "ann"}
+    assert len(await backend.list_sessions("ann")) == 1
+    assert security_events(events) == []
+
+
 @pytest.mark.parametrize("check_revocation", [False, True])
 async def test_a_rotation_in_another_process_keeps_the_browser_logged_in(
     quick_store: Any, clock: FakeClock, check_revocation: bool

@@ -18,7 +18,8 @@ commits nothing (a 5xx, an exception from the app, a WebSocket refused before it
 accepted) can carry no cookie, so it rotates nothing: the browser's pair still works.
 Parallel requests of the browser that carried the same expired pair all succeed:
 exactly one rotates, the others find the alias when they commit and send no cookie,
-so the browser keeps the winner's.
+so the browser keeps the winner's. One slower than the grace (a long poll) finds the
+spent marker (below) of a session that lives on, and sends no cookie either.
 
 After ``rotate()`` (a login) the old pair's access token is still valid. In the
 process that rotated, and everywhere with ``check_revocation``, it is answered by the
@@ -500,11 +501,13 @@ class HybridBackend:
         return await self.store.exists(session_id)
 
     async def is_grace_alias(self, token: str, *, now: float) -> bool:
-        """Whether the pair's refresh token is now the store's read-only grace alias
-        of a rotated session (see :class:`~asgi_sessions.backends.base.GraceAliases`).
-        The store decides: the access token stays valid after a rotation done in
-        another process, or after the request that holds it was loaded. False for a
-        malformed pair; one store command."""
+        """Whether the pair's refresh token was rotated into a session that is still
+        live: the store's read-only grace alias of it, or, once that has expired, a
+        spent token whose family's current session exists (see
+        :class:`~asgi_sessions.backends.base.GraceAliases`). The store decides: the
+        access token stays valid after a rotation done in another process, or after
+        the request that holds it was loaded. False for a malformed pair or an ended
+        session; one store command, three more when the alias is gone."""
         if type(token) is not str:
             return False
         _, dot, refresh = token.rpartition(".")
@@ -514,7 +517,17 @@ class HybridBackend:
             record = await self.store.load(refresh, now=now)
         except InvalidToken:
             return False
-        return record is not None and record.read_only
+        if record is not None:
+            return record.read_only
+        # A request slower than the grace (a long poll) that loaded the pair before a
+        # parallel refresh: the session lives on under the browser's new pair, which
+        # this response must leave alone. Asked only at a commit that found the
+        # session gone; a spent token presented at a load is still a reuse.
+        family = await self._ledger.family_of_spent(checked_id(refresh))
+        if family is None:
+            return False
+        current = await self._ledger.current(family) or family
+        return await self.store.exists(current)
 
     # -- per-user operations (the store's, and this process stops the access tokens) ---
 
