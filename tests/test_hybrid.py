@@ -410,6 +410,22 @@ def test_bad_configuration_is_refused() -> None:
         HybridBackend(store, secret="short")
 
 
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_a_store_without_a_rotation_grace_is_refused(kind: str) -> None:
+    """With rotation_grace=0 on the store, every parallel request of a browser that
+    carried the pair a refresh just rotated presented a spent refresh token: taken
+    for a stolen one, the family was revoked, a 'suspicious' event fired and the
+    user was logged out. Refused at start-up, saying what to change."""
+    store: MemoryBackend | RedisBackend
+    if kind == "memory":
+        store = MemoryBackend(rotation_grace=0)
+    else:
+        store = RedisBackend("redis://127.0.0.1:1", rotation_grace=0)  # never connects
+    with pytest.raises(ConfigurationError, match=r"rotation_grace of at least 1 second"):
+        HybridBackend(store, secret=SECRET)
+    await store.aclose()
+
+
 # -- Redis commands, from INFO commandstats of a private server ---------------------------
 
 

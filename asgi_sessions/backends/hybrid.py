@@ -280,7 +280,8 @@ class HybridBackend:
     ``store`` is a :class:`RedisBackend` or :class:`MemoryBackend`: it keeps the data
     and the metadata, does the delta writes, the per-user index and the rotation
     grace (``rotation_grace`` of the store is also the window in which parallel
-    requests may present the same spent refresh token). ``secret`` or ``keys`` sign
+    requests may present the same spent refresh token, so a store whose grace is
+    under 1 second raises :class:`ConfigurationError`). ``secret`` or ``keys`` sign
     the access tokens, as for :class:`JWTBackend`, under ``audience`` (so a plain
     JWT session token is never accepted as an access token, nor the reverse).
 
@@ -333,6 +334,15 @@ class HybridBackend:
         else:
             raise ConfigurationError(
                 f"store must be a RedisBackend or MemoryBackend, got {type(store).__name__}"
+            )
+        if store.rotation_grace < 1:
+            # Parallel requests of a browser present the pair a refresh is rotating;
+            # with no grace each of them is a spent token, taken for a stolen one.
+            raise ConfigurationError(
+                "HybridBackend needs a store with rotation_grace of at least 1 second "
+                f"(got {store.rotation_grace}): without it, every request the browser sends "
+                "alongside a refresh looks like refresh-token theft and logs the user out; "
+                "set rotation_grace on the store (the default is 5)"
             )
         self.access_ttl = seconds(access_ttl, "access_ttl")
         self.refresh_margin = seconds(refresh_margin, "refresh_margin")
