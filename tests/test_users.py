@@ -142,6 +142,24 @@ async def test_revoke_all_also_ends_grace_aliases(make_backend: Factory, clock: 
     assert (await client.get("/read")).json() == {}
 
 
+async def test_revoke_user_ends_the_grace_alias_of_the_anonymous_session_before_login(
+    make_backend: Factory, clock: FakeClock
+) -> None:
+    """'Sign out everywhere' right after a login: the pre-login ID's alias belongs to
+    no user, so it is not in the user's index, but it leads to a revoked session and
+    ends with it. On the memory store the old cookie still read the pre-login data
+    for the grace."""
+    backend = make_backend(rotation_grace=30)
+    client = device(backend, clock, "phone")
+    await client.get("/set?cart=1")
+    anonymous = f"session={client.jar['session']}".encode()
+    await client.get("/bind?user=ann")
+    assert (await client.get("/read", cookie=anonymous)).json() == {"cart": "1"}
+    assert await backend.revoke_user("ann") == 1
+    assert (await client.get("/read", cookie=anonymous)).json() == {}
+    assert (await client.get("/read")).json() == {}
+
+
 async def test_max_sessions_per_user_evicts_the_oldest(
     make_backend: Factory, clock: FakeClock
 ) -> None:

@@ -281,9 +281,16 @@ class MemoryBackend:
             entry = self._entries.get(key)
             if key in kept or (entry is not None and entry.alias_of in kept):
                 continue
-            ended += key in live
-            self._drop(key)
-            if key in live and self.events:
+            if key not in live:
+                # A grace alias: its session is among the members, or was rebound to
+                # another user, whose it now is.
+                self._drop(key)
+                continue
+            # With its grace aliases, also those outside the index: the anonymous
+            # session's ID that the login rotated into this user's has no user.
+            self._end(key, user_id)
+            ended += 1
+            if self.events:
                 await self.events.emit(SessionEvent("revoked", session_hash(key), user_id))
         return ended
 
