@@ -69,6 +69,23 @@ async def test_a_loaded_record_shares_no_state_with_the_store(refresh: bool) -> 
     assert entry.meta.extra == {}
 
 
+async def test_ending_an_id_a_rotation_retired_ends_the_session_it_leads_to() -> None:
+    """An ID its caller read as a live session, rotated before the caller ends it:
+    _end follows the alias forward, as a logout on an old cookie does, so the
+    rotated session ends too (and goes to on_end). Only the alias was dropped."""
+    backend = MemoryBackend()
+    token = await save(backend)
+    loaded = await backend.load(token, now=NOW)
+    assert loaded is not None
+    new = await backend.save(token, loaded, Delta({}), now=NOW, ttl=600, rotate=True)
+    ended: list[str] = []
+    backend.on_end = ended.append
+    backend._end(token_id(token), None)
+    assert await backend.load(new, now=NOW) is None
+    assert len(backend) == 0
+    assert ended == [token_id(new)]
+
+
 async def test_corrupt_stored_record_gives_none_and_is_removed() -> None:
     backend = MemoryBackend()
     token = await save(backend)
