@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -46,7 +47,9 @@ class JSONSerializer:
     and ``dict`` with ``str`` keys, nested at most ``max_depth`` deep.
 
     Tuples, sets, bytes, datetimes and subclasses (``StrEnum``, ``IntEnum``) are
-    refused because JSON would hand back something else.
+    refused because JSON would hand back something else; so are what it cannot
+    encode at all: strs (values and keys) with a lone surrogate, which are not
+    valid UTF-8, and ints of more digits than ``sys.get_int_max_str_digits()``.
     """
 
     __slots__ = ("_decoder", "_encoder", "max_depth", "max_size")
@@ -63,6 +66,10 @@ class JSONSerializer:
         if type(key) is not str:
             raise SerializationError(
                 f"session keys must be str, got {type(key).__name__}", key=None
+            )
+        if not _encodable(key):
+            raise SerializationError(
+                f"session key {key!r} is not valid UTF-8 (lone surrogate)", key=None
             )
         _check_json(value, key, 0, self.max_depth)
 
@@ -90,11 +97,51 @@ class JSONSerializer:
         return data
 
 
-_SCALARS = frozenset({type(None), bool, int, str})
+_SCALARS = frozenset({type(None), bool})
+# An int of at most this many bits has fewer decimal digits than any limit
+# sys.set_int_max_str_digits() accepts (0, no limit, or at least 640), so only
+# longer ones are converted to find out.
+_SHORT_INT_BITS = 3 * sys.int_info.str_digits_check_threshold
+
+
+def _encodable(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(value: int) -> bool:
+    try:
+        int.__repr__(value)  # what the encoder calls
+    except ValueError:
+        return False
+    return True
 
 
 def _check_json(value: Any, path: str, depth: int, max_depth: int) -> None:
     kind = type(value)
+    if kind is str:
+        if not _encodable(value):
+            raise SerializationError(
+                _describe(path, value, "it is not valid UTF-8 (lone surrogate)"), key=path
+            )
+        return
+    if kind is int:
+        if value.bit_length() > _SHORT_INT_BITS and not _printable(value):
+            raise SerializationError(
+                _describe(
+                    path,
+                    value,
+                    f"it has more than {sys.get_int_max_str_digits()} digits "
+                    "(sys.get_int_max_str_digits())",
+                ),
+                key=path,
+            )
+        return
     if kind in _SCALARS:
         return
     if kind is float:
@@ -116,6 +163,10 @@ def _check_json(value: Any, path: str, depth: int, max_depth: int) -> None:
             if type(sub_key) is not str:
                 raise SerializationError(
                     _describe(path, value, f"dict key {sub_key!r} is not a str"), key=path
+                )
+            if not _encodable(sub_key):
+                raise SerializationError(
+                    _describe(path, value, f"dict key {sub_key!r} is not valid UTF-8"), key=path
                 )
             _check_json(item, f"{path}.{sub_key}", depth + 1, max_depth)
         return

@@ -404,7 +404,16 @@ async def test_is_grace_alias_tells_a_rotated_token_from_a_live_or_ended_one(
         assert not await is_grace_alias(backend, old, now=NOW + 0.5)
         return
     assert await is_grace_alias(backend, old, now=NOW + 0.5)
-    assert not await is_grace_alias(backend, old, now=await subject.later(1.2))
+    after = await subject.later(1.2)
+    if not subject.snapshot:
+        # The plain stores forget the alias with its grace. The hybrid's spent-token
+        # ledger still knows the token was rotated into a live session, so a commit
+        # slower than the grace leaves the browser's new pair alone (test_hybrid.py).
+        assert not await is_grace_alias(backend, old, now=after)
+    current = await backend.load(new, now=after)
+    assert current is not None
+    await backend.delete(new, current)
+    assert not await is_grace_alias(backend, old, now=after)  # rotated, then ended
     ended, _ = await create(backend, {"k": 2})
     record = await backend.load(ended, now=NOW)
     assert record is not None

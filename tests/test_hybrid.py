@@ -176,6 +176,50 @@ async def test_parallel_requests_with_one_expired_pair_rotate_exactly_once(
     assert info.session_id == _session_id_of(issued[0])  # ... the one the cookie names
 
 
+async def test_parallel_refreshes_loaded_before_either_commits_keep_the_browser_logged_in(
+    store: Any, clock: FakeClock
+) -> None:
+    """Two requests of one browser with the same expired pair, both loaded before
+    either commits (an app that awaits a database): exactly one rotates, the other
+    sends no cookie, and the browser's next request is still logged in. On the
+    memory store both records shared the stored entry's ``extra`` dict: the second
+    commit found the first's new refresh token and no due refresh there, and sent an
+    access token for the old session ID next to the new refresh token (a pair that
+    is refused: the browser was logged out), and the raw refresh token stayed in the
+    store."""
+    both_loaded = asyncio.Event()
+    arrived = 0
+
+    async def waits(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        nonlocal arrived
+        arrived += 1
+        if arrived == 2:
+            both_loaded.set()
+        await both_loaded.wait()
+        await session_app(scope, receive, send)
+
+    backend = hybrid(store, clock)
+    client = client_for(backend, clock)
+    await client.get("/bind?user=ann")
+    cookie = f"session={client.jar['session']}".encode()
+    clock.advance(ACCESS + 1)
+    app = SessionMiddleware(waits, backend=backend, clock=clock)
+    async with asyncio.timeout(10):
+        responses = await asyncio.gather(
+            *(Client(app).get("/read", cookie=cookie) for _ in range(2))
+        )
+    assert all(r.json() == {"user": "ann"} for r in responses)
+    issued = [c for r in responses for c in r.set_cookies]
+    assert len(issued) == 1
+    assert "Max-Age=0" not in issued[0]
+    client.jar["session"] = issued[0].split(";", 1)[0].partition("=")[2]
+    assert (await client.get("/read")).json() == {"user": "ann"}
+    (info,) = await backend.list_sessions("ann")
+    assert info.session_id == _session_id_of(issued[0])
+    if isinstance(store, MemoryBackend):
+        assert all(entry.meta.extra == {} for entry in store._entries.values())
+
+
 def _session_id_of(set_cookie: str) -> str:
     from asgi_sessions.backends._tokens import token_id
 
@@ -364,6 +408,22 @@ def test_bad_configuration_is_refused() -> None:
         HybridBackend(object(), secret=SECRET)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError):
         HybridBackend(store, secret="short")
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_a_store_without_a_rotation_grace_is_refused(kind: str) -> None:
+    """With rotation_grace=0 on the store, every parallel request of a browser that
+    carried the pair a refresh just rotated presented a spent refresh token: taken
+    for a stolen one, the family was revoked, a 'suspicious' event fired and the
+    user was logged out. Refused at start-up, saying what to change."""
+    store: MemoryBackend | RedisBackend
+    if kind == "memory":
+        store = MemoryBackend(rotation_grace=0)
+    else:
+        store = RedisBackend("redis://127.0.0.1:1", rotation_grace=0)  # never connects
+    with pytest.raises(ConfigurationError, match=r"rotation_grace of at least 1 second"):
+        HybridBackend(store, secret=SECRET)
+    await store.aclose()
 
 
 # -- Redis commands, from INFO commandstats of a private server ---------------------------
@@ -891,6 +951,44 @@ async def test_a_request_in_flight_during_a_rotation_keeps_the_browser_logged_in
     assert late.status == 200
     assert late.set_cookies == []
     assert (await client.get("/read")).json() == {"cart": "3", "user": "ann"}
+
+
+async def test_a_refresh_committed_after_the_grace_leaves_the_new_cookie_alone(
+    quick_store: Any, clock: FakeClock
+) -> None:
+    """A slow request (a long poll) loads the expired pair, a parallel request of the
+    browser refreshes it, and the slow one commits after the grace alias expired:
+    the store no longer knows the old token, but the spent-token ledger knows it was
+    rotated into a session that is still live, so the response sends no cookie. It
+    sent Max-Age=0 and logged the browser out of a live session. A late commit is no
+    reuse either: no alarm, and the family lives on."""
+    events: list[SessionEvent] = []
+    loaded, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        loaded.set()
+        await release.wait()
+        await session_app(scope, receive, send)
+
+    backend = hybrid(quick_store, clock, on_event=events.append)
+    client = client_for(backend, clock)
+    await client.get("/bind?user=ann")
+    old = f"session={client.jar['session']}".encode()
+    clock.advance(ACCESS + 1)
+    slow_app = SessionMiddleware(slow, backend=backend, clock=clock)
+    in_flight = asyncio.ensure_future(Client(slow_app).get("/read", cookie=old))
+    async with asyncio.timeout(10):
+        await loaded.wait()
+        refreshed = await client.get("/read")
+        assert refreshed.set_cookies  # the parallel request rotated the pair
+        await past_grace(quick_store, clock)
+        release.set()
+        late = await in_flight
+    assert late.status == 200
+    assert late.set_cookies == []
+    assert (await client.get("/read")).json() == {"user": "ann"}
+    assert len(await backend.list_sessions("ann")) == 1
+    assert security_events(events) == []
 
 
 @pytest.mark.parametrize("check_revocation", [False, True])

@@ -48,6 +48,44 @@ async def test_store_keys_are_hashes_never_tokens() -> None:
     assert len(token) == 43  # 256 bits, URL-safe base64
 
 
+@pytest.mark.parametrize("refresh", [False, True])
+async def test_a_loaded_record_shares_no_state_with_the_store(refresh: bool) -> None:
+    """Each load hands out its own ``extra`` (a backend's per-request state, such as
+    the hybrid's refresh token): what one request writes there reaches neither the
+    store nor another request. Both loads returned the stored entry's own dict."""
+    from asgi_sessions.policy import ExpiryPolicy
+
+    backend = MemoryBackend()
+    token = await save(backend)
+    policy = ExpiryPolicy(refresh_after=0) if refresh else None
+    one = await backend.load(token, now=NOW + 1, policy=policy)
+    two = await backend.load(token, now=NOW + 1, policy=policy)
+    assert one is not None
+    assert two is not None
+    assert one.refreshed is refresh
+    one.extra["state"] = "one's"
+    assert two.extra == {}
+    (entry,) = backend._entries.values()
+    assert entry.meta.extra == {}
+
+
+async def test_ending_an_id_a_rotation_retired_ends_the_session_it_leads_to() -> None:
+    """An ID its caller read as a live session, rotated before the caller ends it:
+    _end follows the alias forward, as a logout on an old cookie does, so the
+    rotated session ends too (and goes to on_end). Only the alias was dropped."""
+    backend = MemoryBackend()
+    token = await save(backend)
+    loaded = await backend.load(token, now=NOW)
+    assert loaded is not None
+    new = await backend.save(token, loaded, Delta({}), now=NOW, ttl=600, rotate=True)
+    ended: list[str] = []
+    backend.on_end = ended.append
+    backend._end(token_id(token), None)
+    assert await backend.load(new, now=NOW) is None
+    assert len(backend) == 0
+    assert ended == [token_id(new)]
+
+
 async def test_corrupt_stored_record_gives_none_and_is_removed() -> None:
     backend = MemoryBackend()
     token = await save(backend)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -91,6 +92,56 @@ def test_values_that_would_not_round_trip_are_refused_on_write(value: Any) -> No
     assert "bad" in str(caught.value)
     assert "bad" not in session
     assert not session.modified
+
+
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [
+        ("\ud800", r"'bad'"),
+        (["ok", "x\udfff"], r"'bad\[1\]'"),
+        ({"k\udcff": 1}, r"'bad'.*dict key"),
+        (10**5000, r"'bad'"),
+        ({"n": [-(10**5000)]}, r"'bad\.n\[0\]'"),
+    ],
+    ids=["lone-surrogate", "nested-surrogate", "surrogate-dict-key", "long-int", "nested-long-int"],
+)
+def test_values_json_cannot_encode_are_refused_on_write(value: Any, where: str) -> None:
+    """A str with a lone surrogate (not encodable as UTF-8) and an int of more digits
+    than sys.get_int_max_str_digits() are refused where they are set, naming the
+    path, and by dumps (a value mutated in place after it was set). They passed the
+    check, and the commit's encoder raised UnicodeEncodeError or ValueError out of
+    the middleware: a 500."""
+    session = fresh()
+    with pytest.raises(SerializationError, match=where):
+        session["bad"] = value
+    assert "bad" not in session
+    assert not session.modified
+    with pytest.raises(SerializationError, match=where):
+        JSONSerializer().dumps({"bad": value})
+
+
+def test_a_key_json_cannot_encode_is_refused_on_write() -> None:
+    with pytest.raises(SerializationError, match="not valid UTF-8"):
+        fresh()["\udcff"] = 1
+    with pytest.raises(SerializationError, match="not valid UTF-8"):
+        JSONSerializer().dumps({"\udcff": 1})
+
+
+def test_the_int_digit_limit_in_force_decides() -> None:
+    """Long ints within sys.get_int_max_str_digits() are stored and load back; the
+    limit is read at each check, so an app that lowers or lifts it is followed."""
+    serializer = JSONSerializer()
+    value = 10**4000
+    assert serializer.loads(serializer.dumps({"n": value})) == {"n": value}
+    before = sys.get_int_max_str_digits()
+    try:
+        sys.set_int_max_str_digits(640)
+        with pytest.raises(SerializationError, match="640"):
+            serializer.check("n", value)
+        sys.set_int_max_str_digits(0)  # no limit
+        serializer.check("n", 10**5000)
+    finally:
+        sys.set_int_max_str_digits(before)
 
 
 def test_nested_values_are_checked_with_their_path() -> None:

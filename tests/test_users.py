@@ -142,6 +142,70 @@ async def test_revoke_all_also_ends_grace_aliases(make_backend: Factory, clock: 
     assert (await client.get("/read")).json() == {}
 
 
+async def test_revoke_user_ends_the_grace_alias_of_the_anonymous_session_before_login(
+    make_backend: Factory, clock: FakeClock
+) -> None:
+    """'Sign out everywhere' right after a login: the pre-login ID's alias belongs to
+    no user, so it is not in the user's index, but it leads to a revoked session and
+    ends with it. On the memory store the old cookie still read the pre-login data
+    for the grace."""
+    backend = make_backend(rotation_grace=30)
+    client = device(backend, clock, "phone")
+    await client.get("/set?cart=1")
+    anonymous = f"session={client.jar['session']}".encode()
+    await client.get("/bind?user=ann")
+    assert (await client.get("/read", cookie=anonymous)).json() == {"cart": "1"}
+    assert await backend.revoke_user("ann") == 1
+    assert (await client.get("/read", cookie=anonymous)).json() == {}
+    assert (await client.get("/read")).json() == {}
+
+
+@pytest.mark.parametrize("ending", ["revoke", "revoke_user"])
+async def test_a_device_rotating_while_a_revoke_awaits_its_event_hook_is_signed_out(
+    make_backend: Factory, clock: FakeClock, ending: str
+) -> None:
+    """An async event hook (an audit sink) runs for the first 'revoked' while a
+    device of the user rotates its session: that device is signed out all the same.
+    The memory store awaited the hook before it ended the session (revoke) or
+    between the sessions it ended (revoke_user), and the rotation meanwhile turned
+    the ID it then ended into a grace alias, leaving the new session live."""
+    paused, resume = asyncio.Event(), asyncio.Event()
+
+    async def audit(event: Any) -> None:
+        if event.name == "revoked":
+            paused.set()
+            await resume.wait()
+
+    backend = make_backend()
+
+    async def signed_in(agent: str) -> Client:
+        clock.advance(1)  # distinct creation times: the laptop is revoked second
+        client = Client(
+            SessionMiddleware(session_app, backend=backend, clock=clock, on_event=audit)
+        )
+        client.user_agent = agent.encode()
+        await client.get("/set?cart=1")
+        await client.get("/bind?user=ann")
+        return client
+
+    phone = await signed_in("phone")
+    laptop = await signed_in("laptop")
+    sessions = await backend.list_sessions("ann")
+    async with asyncio.timeout(10):
+        if ending == "revoke":
+            revoking = asyncio.ensure_future(backend.revoke(sessions[1].session_id))
+        else:
+            revoking = asyncio.ensure_future(backend.revoke_user("ann"))
+        await paused.wait()
+        await laptop.get("/rotate")
+        resume.set()
+        assert await revoking in (True, 2)
+    assert (await laptop.get("/read")).json() == {}
+    expected = {"cart": "1", "user": "ann"} if ending == "revoke" else {}
+    assert (await phone.get("/read")).json() == expected
+    assert len(await backend.list_sessions("ann")) == (1 if ending == "revoke" else 0)
+
+
 async def test_max_sessions_per_user_evicts_the_oldest(
     make_backend: Factory, clock: FakeClock
 ) -> None:

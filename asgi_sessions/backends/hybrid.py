@@ -18,7 +18,8 @@ commits nothing (a 5xx, an exception from the app, a WebSocket refused before it
 accepted) can carry no cookie, so it rotates nothing: the browser's pair still works.
 Parallel requests of the browser that carried the same expired pair all succeed:
 exactly one rotates, the others find the alias when they commit and send no cookie,
-so the browser keeps the winner's.
+so the browser keeps the winner's. One slower than the grace (a long poll) finds the
+spent marker (below) of a session that lives on, and sends no cookie either.
 
 After ``rotate()`` (a login) the old pair's access token is still valid. In the
 process that rotated, and everywhere with ``check_revocation``, it is answered by the
@@ -279,7 +280,8 @@ class HybridBackend:
     ``store`` is a :class:`RedisBackend` or :class:`MemoryBackend`: it keeps the data
     and the metadata, does the delta writes, the per-user index and the rotation
     grace (``rotation_grace`` of the store is also the window in which parallel
-    requests may present the same spent refresh token). ``secret`` or ``keys`` sign
+    requests may present the same spent refresh token, so a store whose grace is
+    under 1 second raises :class:`ConfigurationError`). ``secret`` or ``keys`` sign
     the access tokens, as for :class:`JWTBackend`, under ``audience`` (so a plain
     JWT session token is never accepted as an access token, nor the reverse).
 
@@ -332,6 +334,15 @@ class HybridBackend:
         else:
             raise ConfigurationError(
                 f"store must be a RedisBackend or MemoryBackend, got {type(store).__name__}"
+            )
+        if store.rotation_grace < 1:
+            # Parallel requests of a browser present the pair a refresh is rotating;
+            # with no grace each of them is a spent token, taken for a stolen one.
+            raise ConfigurationError(
+                "HybridBackend needs a store with rotation_grace of at least 1 second "
+                f"(got {store.rotation_grace}): without it, every request the browser sends "
+                "alongside a refresh looks like refresh-token theft and logs the user out; "
+                "set rotation_grace on the store (the default is 5)"
             )
         self.access_ttl = seconds(access_ttl, "access_ttl")
         self.refresh_margin = seconds(refresh_margin, "refresh_margin")
@@ -500,11 +511,13 @@ class HybridBackend:
         return await self.store.exists(session_id)
 
     async def is_grace_alias(self, token: str, *, now: float) -> bool:
-        """Whether the pair's refresh token is now the store's read-only grace alias
-        of a rotated session (see :class:`~asgi_sessions.backends.base.GraceAliases`).
-        The store decides: the access token stays valid after a rotation done in
-        another process, or after the request that holds it was loaded. False for a
-        malformed pair; one store command."""
+        """Whether the pair's refresh token was rotated into a session that is still
+        live: the store's read-only grace alias of it, or, once that has expired, a
+        spent token whose family's current session exists (see
+        :class:`~asgi_sessions.backends.base.GraceAliases`). The store decides: the
+        access token stays valid after a rotation done in another process, or after
+        the request that holds it was loaded. False for a malformed pair or an ended
+        session; one store command, three more when the alias is gone."""
         if type(token) is not str:
             return False
         _, dot, refresh = token.rpartition(".")
@@ -514,7 +527,17 @@ class HybridBackend:
             record = await self.store.load(refresh, now=now)
         except InvalidToken:
             return False
-        return record is not None and record.read_only
+        if record is not None:
+            return record.read_only
+        # A request slower than the grace (a long poll) that loaded the pair before a
+        # parallel refresh: the session lives on under the browser's new pair, which
+        # this response must leave alone. Asked only at a commit that found the
+        # session gone; a spent token presented at a load is still a reuse.
+        family = await self._ledger.family_of_spent(checked_id(refresh))
+        if family is None:
+            return False
+        current = await self._ledger.current(family) or family
+        return await self.store.exists(current)
 
     # -- per-user operations (the store's, and this process stops the access tokens) ---
 
@@ -590,6 +613,9 @@ class HybridBackend:
         if record is None:
             await self._check_reuse(session_id, ip, user_agent)
             return None
+        # This request's state goes into a copy: a store's record must not carry it
+        # to the store or to a parallel request that loaded the same session.
+        record.extra = dict(record.extra)
         if record.read_only:
             # A parallel request of this browser rotated the pair a moment ago: serve
             # the data read-only; the browser keeps the winner's new cookie.

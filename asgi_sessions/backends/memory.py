@@ -125,6 +125,9 @@ class MemoryBackend:
             )
             return record
         meta = entry.meta
+        # Each record gets its own extra: a backend keeps per-request state there
+        # (the hybrid its refresh token and due rotation), which must reach neither
+        # the store nor a parallel request's record.
         if (
             policy is not None
             and policy.refresh_due(meta, now)
@@ -134,8 +137,8 @@ class MemoryBackend:
             meta.ip, meta.user_agent = ip, user_agent
             entry.expires_at = now + policy.ttl(meta, now)
             self._bump(key, entry)
-            return replace(meta, data=data, refreshed=True)
-        return replace(meta, data=data)
+            return replace(meta, data=data, refreshed=True, extra={})
+        return replace(meta, data=data, extra={})
 
     async def save(
         self,
@@ -203,23 +206,10 @@ class MemoryBackend:
         return None
 
     async def delete(self, token: str, record: SessionRecord) -> None:
-        named = key = token_id(token)
         # Logging out on an old cookie during the grace ends the session it led to,
-        # however many rotations ago, and _end every alias that leads to it (the ones
+        # however many rotations ago, and every alias that leads to it (the ones
         # before this cookie's too).
-        passed = []
-        for _ in range(_MAX_HOPS):
-            entry = self._entries.get(key)
-            if entry is None or entry.alias_of is None:
-                break
-            passed.append(key)
-            key = entry.alias_of
-        self._end(key, None, named=named)
-        for other in passed:
-            if other in self._entries:  # not reached back from the session (expired links)
-                self._drop(other)
-                if other != named and self.on_end is not None:
-                    self.on_end(other)
+        self._end(token_id(token), None)
 
     async def exists(self, session_id: str) -> bool:
         """Whether the session ``session_id`` is live (not ended, not expired, not a
@@ -253,11 +243,12 @@ class MemoryBackend:
         entry = self._entries.get(session_id)
         if entry is None or entry.alias_of is not None:
             return False
+        user = entry.meta.user_id
+        # Ended before the hooks are awaited: a rotation while one runs would turn
+        # session_id into a grace alias and keep the session live under its new ID.
+        self._end(session_id, user)
         if self.events:
-            await self.events.emit(
-                SessionEvent("revoked", session_hash(session_id), entry.meta.user_id)
-            )
-        self._end(session_id, entry.meta.user_id)
+            await self.events.emit(SessionEvent("revoked", session_hash(session_id), user))
         return True
 
     async def _user_ids(self, user_id: str) -> list[str]:
@@ -273,16 +264,26 @@ class MemoryBackend:
             current = self._entries.get(keep)
             if current is not None and current.alias_of is not None:
                 kept.add(current.alias_of)  # rotated meanwhile: it lives on under its new ID
-        ended = 0
+        ended = []
         for key in list(self._users.get(user_id, ())):
             entry = self._entries.get(key)
             if key in kept or (entry is not None and entry.alias_of in kept):
                 continue
-            ended += key in live
-            self._drop(key)
-            if key in live and self.events:
+            if key not in live:
+                # A grace alias: its session is among the members, or was rebound to
+                # another user, whose it now is.
+                self._drop(key)
+                continue
+            # With its grace aliases, also those outside the index: the anonymous
+            # session's ID that the login rotated into this user's has no user.
+            self._end(key, user_id)
+            ended.append(key)
+        # The hooks run once every session has ended: a device that rotated while one
+        # of them ran would keep its new session.
+        if self.events:
+            for key in ended:
                 await self.events.emit(SessionEvent("revoked", session_hash(key), user_id))
-        return ended
+        return len(ended)
 
     async def revoke_all(self) -> int:
         """End every session in the store, bound to a user or not, and every grace
@@ -358,16 +359,23 @@ class MemoryBackend:
                 self.on_end(key)
             self._evicted.append((key, user))
 
-    def _end(self, key: str, user: str | None, *, named: str | None = None) -> None:
-        """Drop the session ``key`` with its grace aliases: the IDs it was rotated
-        from, and the ones those were rotated from (up to _MAX_HOPS), found through
-        each session's ``previous`` and, for a bound one, its user's index. A
-        ``previous`` counts only while it is still the alias of that session. Every
-        ID ended but ``named`` (the one the caller named, ``key`` by default) goes to
-        on_end."""
-        if named is None:
-            named = key
-        doomed = {key}
+    def _end(self, key: str, user: str | None) -> None:
+        """Drop the session ``key`` with its grace aliases. A ``key`` that is a grace
+        alias (rotated since the caller read it) leads to the session it was rotated
+        into, followed up to _MAX_HOPS. Then the IDs that session was rotated from,
+        and the ones those were rotated from (up to _MAX_HOPS), found through each
+        session's ``previous`` and, for a bound one, its user's index. A ``previous``
+        counts only while it is still the alias of that session. Every ID ended but
+        ``key`` (the one the caller named) goes to on_end."""
+        named = key
+        doomed = set()
+        for _ in range(_MAX_HOPS):
+            entry = self._entries.get(key)
+            if entry is None or entry.alias_of is None:
+                break
+            doomed.add(key)
+            key = entry.alias_of
+        doomed.add(key)
         newer = key
         for _ in range(_MAX_HOPS):
             entry = self._entries.get(newer)
