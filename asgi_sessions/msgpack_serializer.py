@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 import msgpack
 
 from asgi_sessions.errors import ConfigurationError, SerializationError, SessionTooLarge
+from asgi_sessions.serializers import _encodable
 
 __all__ = ["MsgpackSerializer"]
 
@@ -160,16 +161,6 @@ def _value_problem(key: str, value: Any, max_depth: int) -> tuple[_Path, Any, st
         return _find_problem(value, 0, (key,), max_depth)
     why = _leaf_problem(value, kind)
     return None if why is None else ((key,), value, why)
-
-
-def _encodable(text: str) -> bool:
-    if text.isascii():
-        return True
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _find_unencodable(key: str, value: Any) -> _Path | None:
