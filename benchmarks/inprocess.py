@@ -73,7 +73,7 @@ from benchmarks.redis_server import (
     redis_server_binary,
     schedstat_wait_ns,
 )
-from benchmarks.report import environment_lines, git_revision, source_digest
+from benchmarks.report import environment_lines, git_revision, source_digest, spinners
 from benchmarks.rows import (
     ROWS,
     SCENARIOS,
@@ -391,6 +391,7 @@ class Outcome:
     seconds: float
     revision: str = "unknown"
     redis: str = ""  # which Redis server the Redis rows used, for the report header
+    busy: int = 0  # spinning processes meanwhile (--busy)
 
 
 def _run_queue_wait(redis_pid: int | None) -> int:
@@ -775,6 +776,12 @@ def render(
     lines += environment_lines(MODULE, outcome.revision)
     if outcome.redis:
         lines.append(f"- redis: {outcome.redis}")
+    if outcome.busy:
+        lines.append(
+            f"- load: {outcome.busy} spinning process(es) at nice 19 (`--busy`), so no CPU "
+            "goes idle between a command's write and its reply: a diagnostic run (what "
+            "waking an idle CPU costs here); the DESIGN §6 bars are judged on a run without"
+        )
     redis_size = ""
     if any(c.talks_to_redis for c in outcome.cells):
         redis_size = (
@@ -1148,6 +1155,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "e.g. ours-redis:s3",
     )
     parser.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep N processes spinning at the lowest priority during the run, so no CPU "
+        "goes idle: a diagnostic of what idle CPUs' wake-ups cost on this machine (the "
+        "bars are judged without it)",
+    )
+    parser.add_argument(
         "--redis-url",
         metavar="URL",
         help="the Redis server for the Redis rows (keys under 'bench:', never flushed); "
@@ -1160,6 +1176,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.requests = default_requests if args.requests is None else args.requests
     if args.rounds < 1 or args.requests < 1:
         parser.error("--rounds and --requests must be at least 1")
+    if args.busy < 0:
+        parser.error("--busy must not be negative")
     names = list(ROWS)
     if args.only:
         unknown = sorted(set(args.only) - set(ROWS))
@@ -1296,17 +1314,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _benchmark(args: argparse.Namespace, redis_pid: int | None, redis_line: str) -> int:
     revision, digest = git_revision(), source_digest()
-    outcome = asyncio.run(
-        run(
-            args.names,
-            args.scenario_list,
-            args.rounds,
-            args.requests,
-            args.seed,
-            progress=not args.quiet,
-            redis_pid=redis_pid,
+    with spinners(args.busy):
+        outcome = asyncio.run(
+            run(
+                args.names,
+                args.scenario_list,
+                args.rounds,
+                args.requests,
+                args.seed,
+                progress=not args.quiet,
+                redis_pid=redis_pid,
+            )
         )
-    )
+    outcome.busy = args.busy
     outcome.revision = revision
     outcome.redis = redis_line
     if source_digest() != digest:

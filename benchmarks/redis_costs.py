@@ -33,18 +33,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from benchmarks.inprocess import make_scope
 from benchmarks.redis_server import PrivateRedis
-from benchmarks.report import environment_lines, git_revision
+from benchmarks.report import environment_lines, git_revision, spinners
 from benchmarks.rows import configure_redis, make_app
 
 MODULE = "benchmarks.redis_costs"
@@ -53,18 +51,6 @@ MODULE = "benchmarks.redis_costs"
 def _server_cpu_ns(pid: int) -> int:
     with open(f"/proc/{pid}/schedstat", encoding="ascii") as stat:
         return int(stat.read().split()[0])
-
-
-@contextlib.contextmanager
-def _spinners(count: int) -> Iterator[None]:
-    code = "import os\nos.nice(19)\nwhile True:\n    pass\n"
-    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(count)]
-    try:
-        yield
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.wait()
 
 
 async def _save_arguments(url: str) -> tuple[Any, str, list[Any]]:
@@ -286,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rounds, requests = (3, 50) if args.quick else (args.rounds, args.requests)
     revision = git_revision()
-    with PrivateRedis() as server, _spinners(args.busy):
+    with PrivateRedis() as server, spinners(args.busy):
         assert server.pid is not None
         configure_redis(server.url)
         rows = asyncio.run(measure(server.url, server.pid, rounds, requests))

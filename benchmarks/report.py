@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["environment_lines", "git_revision", "package_version", "source_digest"]
+__all__ = ["environment_lines", "git_revision", "package_version", "source_digest", "spinners"]
 
 PACKAGES = (
     "asgi-sessions",
@@ -89,3 +91,19 @@ def environment_lines(module: str, revision: str) -> list[str]:
         f"- asgi-sessions revision: {revision}",
         f"- command: `{command}`",
     ]
+
+
+@contextlib.contextmanager
+def spinners(count: int) -> Iterator[None]:
+    """``count`` processes that spin at the lowest priority for the duration of the
+    block (a benchmark's ``--busy``), so no CPU goes idle: measured against a run
+    without them, this shows what waking an idle CPU costs on this machine. They
+    are ours and are stopped by PID."""
+    code = "import os\nos.nice(19)\nwhile True:\n    pass\n"
+    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
