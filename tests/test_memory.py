@@ -6,6 +6,7 @@ import pytest
 
 from asgi_sessions import ConfigurationError, Delta, MemoryBackend, SessionRecord
 from asgi_sessions.backends._tokens import token_id
+from asgi_sessions.events import Emitter
 
 pytestmark = pytest.mark.anyio
 NOW = 1_700_000_000.0
@@ -144,3 +145,21 @@ async def test_a_logout_ends_only_aliases_that_still_lead_to_the_session() -> No
     assert alias.read_only
     for token in (stranger_new, bystander):
         assert await backend.load(token, now=NOW) is not None
+
+
+async def test_revoking_an_expired_session_reports_nothing_revoked() -> None:
+    """An entry past its TTL that no sweep has dropped yet is not a live session:
+    revoke() answers False and emits no event, as RedisBackend does for a key Redis
+    has expired."""
+    now = NOW
+    events: list[object] = []
+
+    async def sink(event: object) -> None:
+        events.append(event)
+
+    backend = MemoryBackend(clock=lambda: now)
+    backend.events = Emitter(sink)
+    token = await save(backend, ttl=5)
+    now = NOW + 10
+    assert await backend.revoke(token_id(token)) is False
+    assert events == []

@@ -243,6 +243,9 @@ class MemoryBackend:
         entry = self._entries.get(session_id)
         if entry is None or entry.alias_of is not None:
             return False
+        if entry.expires_at <= self.clock():
+            self._drop(session_id)  # expired already, and not yet swept
+            return False
         user = entry.meta.user_id
         # Ended before the hooks are awaited: a rotation while one runs would turn
         # session_id into a grace alias and keep the session live under its new ID.
