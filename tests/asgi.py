@@ -3,6 +3,7 @@ recording wrapper around a real backend, and a client with a cookie jar."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -162,6 +163,28 @@ def websocket_scope(cookie: bytes) -> dict[str, Any]:
         "scheme": "wss",
         "client": ("127.0.0.1", 1),
     }
+
+
+async def open_socket(app: Any, cookie: bytes, *, then_disconnect: bool = False) -> list[Message]:
+    """Run ``app`` (the middleware around an app) on :func:`websocket_scope`: the client
+    connects, then waits for the app to close the socket, or with ``then_disconnect``
+    disconnects at its next receive(). Returns the messages the app sent."""
+    messages: list[Message] = [{"type": "websocket.connect"}]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        if messages:
+            return messages.pop()
+        if then_disconnect:
+            return {"type": "websocket.disconnect"}
+        await asyncio.sleep(3600)
+        raise AssertionError("the app never closed the socket")
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(websocket_scope(cookie), receive, send)
+    return sent
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from asgi_sessions import BackendUnavailable, Delta, MemoryBackend, SessionMiddleware, SessionRecord
-from tests.asgi import Client, session_app, websocket_scope
+from tests.asgi import Client, open_socket, session_app
 
 pytestmark = pytest.mark.anyio
 
@@ -108,16 +108,8 @@ async def test_a_store_failure_after_a_websocket_closed_is_logged_not_raised(
         backend.down = True
         await send({"type": "websocket.close", "code": 1000})
 
-    messages = [{"type": "websocket.connect"}]
-
-    async def receive() -> Any:
-        return messages.pop() if messages else {"type": "websocket.disconnect"}
-
-    async def send(message: Any) -> None:
-        pass
-
     cookie = f"session={http.jar['session']}".encode()
-    await SessionMiddleware(app, backend=backend)(websocket_scope(cookie), receive, send)
+    await open_socket(SessionMiddleware(app, backend=backend), cookie, then_disconnect=True)
     assert "were not stored" in caplog.text
     backend.down = False
     assert (await http.get("/read")).json() == {"k": "v"}

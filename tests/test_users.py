@@ -14,7 +14,7 @@ import pytest
 
 from asgi_sessions import ExpiryPolicy, HybridBackend, SessionMiddleware
 from asgi_sessions.backends.base import UserSessions
-from tests.asgi import Client, session_app, websocket_scope
+from tests.asgi import Client, open_socket, session_app
 from tests.conftest import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -377,30 +377,29 @@ async def bind_during_a_socket(
         scope["session"].bind_user(user)
         await send({"type": "websocket.close", "code": 1000})
 
-    messages = [{"type": "websocket.connect"}]
-
-    async def receive() -> Any:
-        return messages.pop() if messages else {"type": "websocket.disconnect"}
-
-    async def send(message: Any) -> None:
-        pass
-
-    scope = websocket_scope(f"session={cookie}".encode())
-    await SessionMiddleware(app, backend=middleware.backend, clock=middleware.clock)(
-        scope, receive, send
+    await open_socket(
+        SessionMiddleware(app, backend=middleware.backend, clock=middleware.clock),
+        f"session={cookie}".encode(),
+        then_disconnect=True,
     )
+
+
+async def bound_over_a_socket(backend: Any, clock: FakeClock, user: str) -> tuple[Any, Client]:
+    """A laptop's anonymous session with a cart, then bound to ``user`` over a socket
+    (skips the hybrid backend)."""
+    if isinstance(backend, HybridBackend):
+        pytest.skip("a hybrid session's socket changes land with its next refresh")
+    client = device(backend, clock, "laptop")
+    await client.get("/set?cart=1")
+    await bind_during_a_socket(client.app, client.jar["session"], user)
+    return backend, client
 
 
 async def test_a_session_bound_during_a_websocket_joins_its_users_index(
     make_backend: Factory, clock: FakeClock
 ) -> None:
     """As over HTTP, without the rotation (no cookie can be sent on a socket)."""
-    backend = make_backend()
-    if isinstance(backend, HybridBackend):
-        pytest.skip("a hybrid session's socket changes land with its next refresh")
-    client = device(backend, clock, "laptop")
-    await client.get("/set?cart=1")
-    await bind_during_a_socket(client.app, client.jar["session"], "ann")
+    backend, client = await bound_over_a_socket(make_backend(), clock, "ann")
     assert [s.user_agent for s in await backend.list_sessions("ann")] == [None]
     await bind_during_a_socket(client.app, client.jar["session"], "bob")
     assert await backend.list_sessions("ann") == []
@@ -414,12 +413,7 @@ async def test_a_session_unbound_during_a_websocket_leaves_its_users_index(
 ) -> None:
     """bind_user(None) over a socket: the session is no longer the user's to list or
     revoke (and still is the browser's)."""
-    backend = make_backend()
-    if isinstance(backend, HybridBackend):
-        pytest.skip("a hybrid session's socket changes land with its next refresh")
-    client = device(backend, clock, "laptop")
-    await client.get("/set?cart=1")
-    await bind_during_a_socket(client.app, client.jar["session"], "ann")
+    backend, client = await bound_over_a_socket(make_backend(), clock, "ann")
     assert len(await backend.list_sessions("ann")) == 1
     await bind_during_a_socket(client.app, client.jar["session"], None)
     assert await backend.list_sessions("ann") == []

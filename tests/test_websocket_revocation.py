@@ -10,7 +10,7 @@ import pytest
 
 from asgi_sessions import MemoryBackend, SessionMiddleware, SessionRevoked
 from asgi_sessions.backends.redis import RedisBackend
-from tests.asgi import Client, session_app, websocket_scope
+from tests.asgi import Client, open_socket, session_app
 
 pytestmark = pytest.mark.anyio
 
@@ -42,23 +42,11 @@ async def socket_after_revocation(backend: Any, interval: float | None) -> list[
         await send({"type": "websocket.close", "code": 1000})
 
     middleware = SessionMiddleware(app, backend=backend, websocket_check_interval=interval)
-    messages = [{"type": "websocket.connect"}]
-    sent: list[Any] = []
-
-    async def receive() -> Any:
-        if messages:
-            return messages.pop()
-        await asyncio.sleep(3600)
-
-    async def send(message: Any) -> None:
-        sent.append(message)
-
-    scope = websocket_scope(cookie)
-    task = asyncio.ensure_future(middleware(scope, receive, send))
+    task = asyncio.ensure_future(open_socket(middleware, cookie))
     await asyncio.wait_for(opened.wait(), 5)
     assert await backend.revoke_user("ann") == 1
     revoked.set()
-    await asyncio.wait_for(task, 5)
+    sent = await asyncio.wait_for(task, 5)
     return [*seen, sent[-1]["code"]]
 
 
@@ -97,18 +85,7 @@ async def socket_that_rotates_at_accept(backend: Any, cookie: bytes, interval: f
         await send({"type": "websocket.close", "code": 1000})
 
     middleware = SessionMiddleware(app, backend=backend, websocket_check_interval=interval)
-    messages = [{"type": "websocket.connect"}]
-    sent: list[Any] = []
-
-    async def receive() -> Any:
-        if messages:
-            return messages.pop()
-        await asyncio.sleep(3600)
-
-    async def send(message: Any) -> None:
-        sent.append(message)
-
-    await asyncio.wait_for(middleware(websocket_scope(cookie), receive, send), 5)
+    sent = await asyncio.wait_for(open_socket(middleware, cookie), 5)
     (accept,) = [m for m in sent if m["type"] == "websocket.accept"]
     seen.append(any(name == b"set-cookie" for name, _ in accept.get("headers", [])))
     return seen
@@ -162,17 +139,7 @@ async def test_a_socket_opened_on_a_grace_alias_follows_the_session_it_leads_to(
         await send({"type": "websocket.close", "code": 1000})
 
     middleware = SessionMiddleware(app, backend=backend, websocket_check_interval=0.05)
-    messages = [{"type": "websocket.connect"}]
-
-    async def receive() -> Any:
-        if messages:
-            return messages.pop()
-        await asyncio.sleep(3600)
-
-    async def send(message: Any) -> None:
-        pass
-
-    task = asyncio.ensure_future(middleware(websocket_scope(old), receive, send))
+    task = asyncio.ensure_future(open_socket(middleware, old))
     await asyncio.wait_for(checked.wait(), 5)
     await http.get("/invalidate")
     ended.set()
