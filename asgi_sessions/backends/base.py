@@ -73,6 +73,8 @@ class SessionRecord:
     # Max-Age slides too, and does not touch the record again.
     refreshed: bool = False
     # Opaque per-backend state carried from load to commit (e.g. the alias target).
+    # Every load hands out its own dict, shared with neither the store nor another
+    # load, so a backend over a store (the hybrid) may write its request's state here.
     extra: dict[str, Any] = field(default_factory=dict)
 
 

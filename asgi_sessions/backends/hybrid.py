@@ -613,9 +613,6 @@ class HybridBackend:
         if record is None:
             await self._check_reuse(session_id, ip, user_agent)
             return None
-        # This request's state goes into a copy: a store's record must not carry it
-        # to the store or to a parallel request that loaded the same session.
-        record.extra = dict(record.extra)
         if record.read_only:
             # A parallel request of this browser rotated the pair a moment ago: serve
             # the data read-only; the browser keeps the winner's new cookie.

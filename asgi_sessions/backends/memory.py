@@ -125,9 +125,6 @@ class MemoryBackend:
             )
             return record
         meta = entry.meta
-        # Each record gets its own extra: a backend keeps per-request state there
-        # (the hybrid its refresh token and due rotation), which must reach neither
-        # the store nor a parallel request's record.
         if (
             policy is not None
             and policy.refresh_due(meta, now)
@@ -138,6 +135,7 @@ class MemoryBackend:
             entry.expires_at = now + policy.ttl(meta, now)
             self._bump(key, entry)
             return replace(meta, data=data, refreshed=True, extra={})
+        # Its own extra (SessionRecord.extra): never the entry's, which every load shares.
         return replace(meta, data=data, extra={})
 
     async def save(

@@ -1424,8 +1424,6 @@ class RedisBackend:
         # process stored that view itself.
         entry = self._views.get(loaded) if loaded else None
         known: dict[str, bytes] | None = entry[13] if entry is not None else None
-        loaded_meta = record.extra.get("meta")
-        loaded_user = loaded_meta.get("u") if type(loaded_meta) is dict else None
         meta = _meta_map(record)
         reindex = _score_meta(meta, record, now, ttl, new=token is None or rotate)
         seen_list = _seen_list(record.last_seen, record.ip, record.user_agent)
@@ -1505,7 +1503,10 @@ class RedisBackend:
         ttl_ms = ttl * 1000
         if token is not None and not rotate:
             indexed: list[Any] | None = None
+            rebound = False
             if reindex:
+                before = record.extra.get("meta")
+                rebound = type(before) is not dict or before.get("u") != record.user_id
                 indexed = await self._reindex(record, now)
             mode = b"r" if delta.replace else b"u"
             result = await self._run(
@@ -1539,12 +1540,16 @@ class RedisBackend:
             record.extra["view"] = view if result == 1 else b""
             self._remember(record.session_id, due)
             cap = self.max_sessions_per_user
-            if indexed is not None and cap is not None and loaded_user != record.user_id:
+            if rebound and cap is not None:
                 # Bound to a user without a rotation (during a WebSocket): the
                 # per-user cap holds as it does for a login.
                 assert record.user_id is not None
                 await self._prune(
-                    record.user_id, _ids(indexed), now, keep_newest=cap, current=record.session_id
+                    record.user_id,
+                    _ids(indexed or ()),
+                    now,
+                    keep_newest=cap,
+                    current=record.session_id,
                 )
             return token
         # A new session, or a rotation. One step after the other, never overlapping:
